@@ -8,6 +8,7 @@ stream exactly once.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import shutil
 from abc import ABC, abstractmethod
@@ -52,13 +53,23 @@ class NoOptions:
 
 
 def check_artifact_name(name: str) -> None:
-    """Refuse names that no driver may store: empty, NUL, or over the length limit."""
+    """Refuse names that no driver may store.
+
+    Empty names, NUL bytes, names over :data:`MAX_NAME_BYTES`, and names with an
+    empty (``a//b``, ``/a``), ``.`` or ``..`` segment.  A single trailing ``/``
+    (a directory marker) is allowed.
+    """
     if not name:
         raise InvalidName("empty artifact name")
     if "\x00" in name:
         raise InvalidName("artifact name contains a NUL byte")
     if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
         raise NameTooLong(f"artifact name longer than {MAX_NAME_BYTES} bytes")
+    # Such names cannot be shown as a path, and on a file-backed store they would
+    # escape or alias other names; refusing them everywhere keeps drivers alike.
+    segments = name[:-1].split("/") if name.endswith("/") else name.split("/")
+    if any(seg in ("", ".", "..") for seg in segments):
+        raise InvalidName(f"artifact name {name!r} has an empty, '.' or '..' segment")
 
 
 def check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
@@ -118,7 +129,9 @@ class Driver(ABC):
     ) -> ArtifactInfo:
         """Store the stream's bytes as the artifact, replacing it whole, atomically.
 
-        The stream is read once, to its end (or ``size`` bytes when given).
+        The stream is read once, to its end (or ``size`` bytes when given).  A
+        stream that ends before ``size`` bytes is an error and the previous
+        artifact, if any, is kept.  A missing container raises ``NotFound``.
         """
 
     @abstractmethod
@@ -169,7 +182,7 @@ class Driver(ABC):
 
     # -- containers ------------------------------------------------------
     @abstractmethod
-    def containers(self) -> list[str]:
+    def containers(self) -> builtins.list[str]:
         """The names of the containers, sorted."""
 
     @abstractmethod
@@ -186,7 +199,7 @@ class Driver(ABC):
         """Return if the backend answers; raise a :class:`DriverError` otherwise."""
 
     def get_metrics(self) -> dict[str, float]:
-        """Driver-specific gauges and counters, exported with a ``vaultfs_driver_`` prefix."""
+        """Driver-specific figures, exported as ``vaultfs_driver_reported_<key>`` gauges."""
         return {}
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from typing import IO
 
 from .base import ArtifactInfo, Driver, Prefix, check_artifact_name, check_metadata, split_listing
-from .errors import AlreadyExists, InvalidName, NotEmpty, NotFound
+from .errors import AlreadyExists, DriverError, InvalidName, NotEmpty, NotFound
 
 
 class MemoryDriver(Driver):
@@ -54,6 +54,8 @@ class MemoryDriver(Driver):
         check_artifact_name(artifact)
         meta = check_metadata(metadata)
         data = stream.read() if size is None else stream.read(size)
+        if size is not None and len(data) < size:
+            raise DriverError(f"{container}/{artifact}: stream ended after {len(data)} of {size} bytes")
         info = ArtifactInfo(artifact, len(data), time.time(), hashlib.md5(data).hexdigest(), meta)
         with self._lock:
             self._ops += 1
@@ -88,6 +90,7 @@ class MemoryDriver(Driver):
                 raise NotFound(f"{container}/{artifact} does not exist") from None
 
     def update_metadata(self, container: str, artifact: str, metadata: Mapping[str, str]) -> ArtifactInfo:
+        check_artifact_name(artifact)
         meta = check_metadata(metadata)
         with self._lock:
             self._ops += 1
