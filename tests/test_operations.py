@@ -1,0 +1,322 @@
+"""The operations layer driven directly, without a kernel, over the memory driver."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pyfuse3
+import pytest
+import trio
+
+from drivers import errors
+from drivers.base import ArtifactInfo
+from drivers.memory import MemoryDriver
+from vaultfs import attrs
+from vaultfs.backend import Backend
+from vaultfs.files import Files
+from vaultfs.fs import ERRNO, FsOptions, Operations, errno_of
+from vaultfs.namespace import ROOT_INODE, Namespace
+
+CTX = pyfuse3.RequestContext()
+
+
+class FailingPuts(MemoryDriver):
+    """A memory driver whose puts fail while ``failing`` is set (a backend outage)."""
+
+    failing = False
+
+    def put(self, container: str, artifact: str, stream: Any, size: Any = None, metadata: Any = None) -> ArtifactInfo:
+        if self.failing:
+            raise errors.Unavailable("backend down")
+        return super().put(container, artifact, stream, size, metadata)
+
+
+class World:
+    """A file system over a memory driver, plus helpers that read like shell commands."""
+
+    def __init__(self, tmp_path: Path, driver: MemoryDriver | None = None, ttl: float = 0.0, rename_limit: int = 100):
+        self.driver = driver or MemoryDriver()
+        self.backend = Backend("test", self.driver, retries=0, timeout=10)
+        defaults = attrs.Defaults(uid=1000, gid=1000, umask=0o022)
+        self.ns = Namespace(self.backend, defaults, attr_ttl=ttl, dir_ttl=ttl)
+        self.files = Files(self.ns, self.backend, tmp_path / "staging")
+        self.ops = Operations(self.backend, self.ns, self.files, FsOptions(attr_ttl=ttl, rename_limit=rename_limit))
+        self.staging = tmp_path / "staging"
+
+    async def ino(self, path: str) -> int:
+        ino = ROOT_INODE
+        for part in filter(None, path.split("/")):
+            ino = (await self.ops.lookup(ino, part.encode(), CTX)).st_ino
+        return ino
+
+    async def write_file(self, path: str, data: bytes, offset: int = 0) -> None:
+        parent, _, name = path.rpartition("/")
+        try:
+            ino = await self.ino(path)
+            info = await self.ops.open(ino, os.O_WRONLY, CTX)
+        except pyfuse3.FUSEError as exc:
+            assert exc.errno == errno.ENOENT
+            info, _ = await self.ops.create(await self.ino(parent), name.encode(), 0o100644, os.O_WRONLY, CTX)
+        await self.ops.write(info.fh, offset, data)
+        await self.ops.flush(info.fh)
+        await self.ops.release(info.fh)
+
+    async def read_file(self, path: str) -> bytes:
+        info = await self.ops.open(await self.ino(path), os.O_RDONLY, CTX)
+        out = b""
+        while chunk := await self.ops.read(info.fh, len(out), 1 << 16):
+            out += chunk
+        await self.ops.release(info.fh)
+        return out
+
+    async def mkdir(self, path: str) -> None:
+        parent, _, name = path.rpartition("/")
+        await self.ops.mkdir(await self.ino(parent), name.encode(), 0o755, CTX)
+
+    def stored(self, container: str, key: str) -> bytes:
+        with self.driver.get(container, key) as f:
+            return f.read()
+
+
+def setattr_fields(**changed: bool) -> Any:
+    """What the kernel's SETATTR says changed (pyfuse3's own class is read-only)."""
+    names = ("atime", "mtime", "ctime", "mode", "uid", "gid", "size")
+    return SimpleNamespace(**{f"update_{n}": changed.get(f"update_{n}", False) for n in names})
+
+
+def run(fn: Callable[[], Awaitable[Any]]) -> Any:
+    return trio.run(fn)
+
+
+def fails_with(code: int) -> Any:
+    return pytest.raises(pyfuse3.FUSEError, match=os.strerror(code).split()[0])
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return World(tmp_path)
+
+
+def test_errno_table_covers_every_driver_error() -> None:
+    expected = {
+        errors.NotFound: errno.ENOENT,
+        errors.AccessDenied: errno.EACCES,
+        errors.QuotaExceeded: errno.EDQUOT,
+        errors.AlreadyExists: errno.EEXIST,
+        errors.NotEmpty: errno.ENOTEMPTY,
+        errors.InvalidName: errno.EINVAL,
+        errors.NameTooLong: errno.ENAMETOOLONG,
+        errors.Unavailable: errno.EIO,
+        errors.DriverError: errno.EIO,
+    }
+    assert {cls: errno_of(cls("x")) for cls in expected} == expected
+    assert set(ERRNO) == set(expected)
+
+
+def test_containers_files_and_directories(world: World) -> None:
+    async def main() -> None:
+        await world.mkdir("/bucket")
+        assert world.driver.containers() == ["bucket"]
+        await world.mkdir("/bucket/dir")
+        await world.write_file("/bucket/dir/hello.txt", b"hello world")
+        assert world.stored("bucket", "dir/hello.txt") == b"hello world"
+        assert world.stored("bucket", "dir/") == b""  # mkdir leaves a marker
+        assert await world.read_file("/bucket/dir/hello.txt") == b"hello world"
+        attr = await world.ops.getattr(await world.ino("/bucket/dir/hello.txt"), CTX)
+        assert attr.st_size == 11
+        assert stat.S_ISREG(attr.st_mode)
+        with fails_with(errno.EEXIST):
+            await world.mkdir("/bucket/dir")
+
+    run(main)
+
+
+def test_partial_overwrite_and_append(world: World) -> None:
+    async def main() -> None:
+        await world.mkdir("/b")
+        await world.write_file("/b/f", b"0123456789")
+        await world.write_file("/b/f", b"AB", offset=3)
+        assert world.stored("b", "f") == b"012AB56789"
+        await world.write_file("/b/f", b"tail", offset=10)
+        assert world.stored("b", "f") == b"012AB56789tail"
+
+    run(main)
+
+
+def test_truncate_without_open_file(world: World) -> None:
+    async def main() -> None:
+        await world.mkdir("/b")
+        await world.write_file("/b/f", b"0123456789")
+        ino = await world.ino("/b/f")
+        fields = setattr_fields(update_size=True)
+        attr = pyfuse3.EntryAttributes()
+        attr.st_size = 4
+        await world.ops.setattr(ino, attr, fields, None, CTX)
+        assert world.stored("b", "f") == b"0123"
+
+    run(main)
+
+
+def test_chmod_chown_utimens_are_kept_in_metadata(world: World) -> None:
+    async def main() -> None:
+        await world.mkdir("/b")
+        await world.write_file("/b/f", b"x")
+        ino = await world.ino("/b/f")
+        fields = setattr_fields(update_mode=True, update_uid=True, update_gid=True, update_mtime=True)
+        attr = pyfuse3.EntryAttributes()
+        attr.st_mode = 0o100751
+        attr.st_uid, attr.st_gid = 42, 43
+        attr.st_mtime_ns = 1_600_000_000_123_456_789
+        await world.ops.setattr(ino, attr, fields, None, CTX)
+        meta = world.driver.stat("b", "f").metadata or {}
+        assert meta["mode"] == str(0o100751)
+        assert (meta["uid"], meta["gid"]) == ("42", "43")
+        assert meta["mtime"] == "1600000000"
+        assert meta[attrs.MTIME_NS] == "1600000000123456789"
+        got = await world.ops.getattr(ino, CTX)
+        assert (stat.S_IMODE(got.st_mode), got.st_uid, got.st_mtime_ns) == (0o751, 42, 1_600_000_000_123_456_789)
+
+    run(main)
+
+
+def test_other_tools_metadata_is_read(world: World) -> None:
+    async def main() -> None:
+        world.driver.create_container("b")
+        world.driver.put("b", "s3fs", io.BytesIO(b"x"), metadata={"mode": "33261", "uid": "7", "mtime": "1500000000"})
+        world.driver.put("b", "rclone", io.BytesIO(b"x"), metadata={"mtime": "2020-01-02T03:04:05.5Z"})
+        s3fs = await world.ops.getattr(await world.ino("/b/s3fs"), CTX)
+        assert (stat.S_IMODE(s3fs.st_mode), s3fs.st_uid, s3fs.st_mtime_ns) == (0o755, 7, 1_500_000_000 * 10**9)
+        rclone = await world.ops.getattr(await world.ino("/b/rclone"), CTX)
+        assert rclone.st_mtime_ns == 1_577_934_245_500_000_000
+        assert rclone.st_uid == 1000  # the mount's default
+
+    run(main)
+
+
+def test_unlink_rmdir(world: World) -> None:
+    async def main() -> None:
+        await world.mkdir("/b")
+        await world.mkdir("/b/d")
+        await world.write_file("/b/d/f", b"x")
+        with fails_with(errno.ENOTEMPTY):
+            await world.ops.rmdir(await world.ino("/b"), b"d", CTX)
+        with fails_with(errno.ENOTEMPTY):
+            await world.ops.rmdir(ROOT_INODE, b"b", CTX)
+        with fails_with(errno.EISDIR):
+            await world.ops.unlink(await world.ino("/b"), b"d", CTX)
+        await world.ops.unlink(await world.ino("/b/d"), b"f", CTX)
+        await world.ops.rmdir(await world.ino("/b"), b"d", CTX)
+        assert not list(world.driver.list("b"))
+        await world.ops.rmdir(ROOT_INODE, b"b", CTX)
+        assert world.driver.containers() == []
+
+    run(main)
+
+
+def test_rename_file_and_directory(world: World) -> None:
+    async def main() -> None:
+        await world.mkdir("/b")
+        await world.mkdir("/b/src")
+        await world.write_file("/b/src/one", b"1")
+        await world.write_file("/b/src/two", b"2")
+        b = await world.ino("/b")
+        await world.ops.rename(b, b"src", b, b"dst", 0, CTX)
+        assert sorted(e.name for e in world.driver.list("b")) == ["dst/", "dst/one", "dst/two"]
+        dst = await world.ino("/b/dst")
+        await world.ops.rename(dst, b"one", b, b"moved", 0, CTX)
+        assert world.stored("b", "moved") == b"1"
+        assert await world.read_file("/b/moved") == b"1"
+        with fails_with(errno.ENOENT):
+            await world.ino("/b/dst/one")
+
+    run(main)
+
+
+def test_directory_rename_over_the_limit_is_exdev(tmp_path: Path) -> None:
+    world = World(tmp_path, rename_limit=3)
+
+    async def main() -> None:
+        await world.mkdir("/b")
+        for i in range(4):
+            world.driver.put("b", f"d/{i}", io.BytesIO(b"x"))
+        b = await world.ino("/b")
+        with fails_with(errno.EXDEV):
+            await world.ops.rename(b, b"d", b, b"e", 0, CTX)
+        assert len(list(world.driver.list("b", prefix="d/"))) == 4
+
+    run(main)
+
+
+def test_symlinks_and_unsupported_nodes(world: World) -> None:
+    async def main() -> None:
+        await world.mkdir("/b")
+        b = await world.ino("/b")
+        attr = await world.ops.symlink(b, b"link", b"target/file", CTX)
+        assert stat.S_ISLNK(attr.st_mode)
+        assert await world.ops.readlink(attr.st_ino, CTX) == b"target/file"
+        assert world.stored("b", "link") == b"target/file"
+        with fails_with(errno.EPERM):
+            await world.ops.link(attr.st_ino, b, b"hard", CTX)
+        with fails_with(errno.EPERM):
+            await world.ops.mknod(b, b"fifo", stat.S_IFIFO | 0o644, 0, CTX)
+        with fails_with(errno.EPERM):
+            await world.ops.create(ROOT_INODE, b"file-at-root", 0o100644, os.O_WRONLY, CTX)
+
+    run(main)
+
+
+def test_failed_upload_is_eio_and_keeps_the_data(tmp_path: Path) -> None:
+    driver = FailingPuts()
+    world = World(tmp_path, driver)
+
+    async def main() -> None:
+        await world.mkdir("/b")
+        info, _ = await world.ops.create(await world.ino("/b"), b"f", 0o100644, os.O_WRONLY, CTX)
+        await world.ops.write(info.fh, 0, b"precious")
+        driver.failing = True
+        with fails_with(errno.EIO):
+            await world.ops.flush(info.fh)
+        assert [p.read_bytes() for p in world.staging.iterdir()] == [b"precious"]
+        driver.failing = False
+        await world.ops.flush(info.fh)  # the next close retries
+        await world.ops.release(info.fh)
+        assert world.stored("b", "f") == b"precious"
+        assert list(world.staging.iterdir()) == []
+
+    run(main)
+
+
+def test_other_clients_changes_show_after_the_ttl(world: World) -> None:
+    async def main() -> None:
+        await world.mkdir("/b")
+        await world.write_file("/b/f", b"mine")
+        world.driver.put("b", "f", io.BytesIO(b"theirs, longer"))
+        world.driver.put("b", "new", io.BytesIO(b"n"))
+        assert await world.read_file("/b/f") == b"theirs, longer"
+        assert await world.read_file("/b/new") == b"n"
+        world.driver.delete("b", "new")
+        with fails_with(errno.ENOENT):
+            await world.ino("/b/new")
+
+    run(main)
+
+
+def test_directory_wins_over_file(world: World) -> None:
+    async def main() -> None:
+        world.driver.create_container("b")
+        world.driver.put("b", "a", io.BytesIO(b"file"))
+        world.driver.put("b", "a/inside", io.BytesIO(b"x"))
+        attr = await world.ops.getattr(await world.ino("/b/a"), CTX)
+        assert stat.S_ISDIR(attr.st_mode)
+        entries, after = await world.ns.list_page(world.ns.get(await world.ino("/b")), None)
+        assert after is None
+        assert [(name, e.kind.value) for name, e in entries] == [("a", "dir")]
+
+    run(main)

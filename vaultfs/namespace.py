@@ -1,0 +1,366 @@
+"""Inodes and the directory tree over (container, artifact name).
+
+The mount root lists containers; a container lists artifacts, with ``/`` in a
+name shown as directories.  A directory's key is its prefix ending in ``/``
+(``""`` for a container's top); a file's key is its artifact name.
+
+Inode numbers are derived from a hash of (container, key), so one path keeps
+its number for the life of the mount (and across remounts) even after the
+kernel forgets it; a collision with a different live path probes the next
+number.  The table only holds nodes the kernel still references (lookup
+count > 0) or that are open, so ``forget`` bounds memory.
+
+Attributes, listings and negative lookups are cached for ``attr_ttl`` and
+``dir_ttl`` seconds; changes by other clients show once those expire.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import logging
+import stat
+import time
+from dataclasses import dataclass, field
+
+import trio
+
+from drivers.base import ArtifactInfo, Prefix
+from drivers.errors import NotFound
+
+from . import attrs
+from .backend import Backend
+
+log = logging.getLogger(__name__)
+
+ROOT_INODE = 1
+#: Listings longer than this are paged from the backend each time instead of cached.
+MAX_CACHED_LISTING = 10_000
+#: Sorts after every key below a prefix, to resume a listing past a whole "directory".
+PAST_PREFIX = "\U0010ffff"
+PAGE = 1000
+
+
+class Kind(enum.Enum):
+    """What a node is."""
+
+    DIR = "dir"
+    FILE = "file"
+    LINK = "link"
+
+
+@dataclass
+class Entry:
+    """One name in a directory as a listing or a stat saw it."""
+
+    kind: Kind
+    size: int = 0
+    mtime: float = 0.0
+    etag: str = ""
+    meta: dict[str, str] | None = None
+    marker: bool = False
+
+
+@dataclass(eq=False)
+class Node:
+    """An inode the kernel knows, with its cached attributes."""
+
+    ino: int
+    container: str
+    key: str
+    kind: Kind
+    mode: int
+    uid: int
+    gid: int
+    size: int = 0
+    mtime_ns: int = 0
+    etag: str = ""
+    meta: dict[str, str] | None = None
+    marker: bool = False
+    local: bool = False  # has unflushed local data: listings and stats must not overwrite it
+    expires: float = 0.0
+    lookups: int = 0
+    opens: int = 0
+    children: dict[str, Entry] | None = None
+    children_expires: float = 0.0
+    negative: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def is_root(self) -> bool:
+        return self.ino == ROOT_INODE
+
+    @property
+    def is_container(self) -> bool:
+        return bool(self.container) and self.key == ""
+
+    def child_key(self, name: str, kind: Kind) -> str:
+        """The key a child called ``name`` of this directory has."""
+        return self.key + name + ("/" if kind is Kind.DIR else "")
+
+
+def _valid_segment(name: str) -> bool:
+    return name not in ("", ".", "..") and "/" not in name and "\x00" not in name
+
+
+class Namespace:
+    """The inode table and attribute/listing caches, over a :class:`Backend`."""
+
+    def __init__(self, backend: Backend, defaults: attrs.Defaults, attr_ttl: float, dir_ttl: float) -> None:
+        self.backend = backend
+        self.defaults = defaults
+        self.attr_ttl = attr_ttl
+        self.dir_ttl = dir_ttl
+        self._nodes: dict[int, Node] = {}
+        self._by_path: dict[tuple[str, str], int] = {}
+        root = Node(ROOT_INODE, "", "", Kind.DIR, defaults.dir_mode, defaults.uid, defaults.gid)
+        root.lookups = 1
+        root.mtime_ns = time.time_ns()
+        self._nodes[ROOT_INODE] = root
+        self._by_path[("", "")] = ROOT_INODE
+
+    # -- the table -------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def get(self, ino: int) -> Node:
+        """The node for ``ino``; ``NotFound`` if the kernel asks for one it forgot."""
+        try:
+            return self._nodes[ino]
+        except KeyError:
+            raise NotFound(f"inode {ino} is not known") from None
+
+    def _ino_for(self, container: str, key: str) -> int:
+        path = (container, key.rstrip("/"))
+        known = self._by_path.get(path)
+        if known is not None:
+            return known
+        digest = hashlib.blake2b(f"{container}\0{path[1]}".encode("utf-8", "surrogateescape"), digest_size=8)
+        ino = int.from_bytes(digest.digest(), "big") >> 1
+        while ino <= ROOT_INODE or ino in self._nodes:
+            ino = (ino + 1) & ((1 << 63) - 1)
+        return ino
+
+    def _node_from(self, container: str, key: str, entry: Entry) -> Node:
+        """Find or make the node for (container, key), refreshed from ``entry``."""
+        ino = self._ino_for(container, key)
+        node = self._nodes.get(ino)
+        if node is None or node.kind is not entry.kind:
+            node = Node(ino, container, key, entry.kind, 0, 0, 0)
+            self._nodes[ino] = node
+            self._by_path[(container, key.rstrip("/"))] = ino
+        node.key = key
+        if not node.local:
+            self._apply(node, entry)
+        return node
+
+    def _apply(self, node: Node, entry: Entry) -> None:
+        d = self.defaults
+        default_mode = d.dir_mode if entry.kind is Kind.DIR else d.file_mode
+        if entry.meta is not None or node.meta is None or entry.etag != node.etag:
+            meta = entry.meta
+        else:
+            meta = node.meta  # a listing without metadata does not erase what a stat saw
+        node.kind = entry.kind
+        node.meta = meta
+        node.mode = attrs.mode_of(meta, default_mode)
+        if entry.kind is Kind.LINK:
+            node.mode = stat.S_IFLNK | 0o777
+        node.uid, node.gid = attrs.owner_of(meta, d)
+        node.size = entry.size
+        node.mtime_ns = attrs.mtime_ns_of(meta, entry.mtime)
+        node.etag = entry.etag
+        node.marker = entry.marker
+        node.expires = time.monotonic() + self.attr_ttl
+
+    def remember(self, parent: Node, name: str, entry: Entry) -> Node:
+        """Record a child the file system just created or changed, and return its node."""
+        parent.negative.pop(name, None)
+        if parent.children is not None:
+            parent.children[name] = entry
+        if parent.is_root:
+            return self._node_from(name, "", entry)
+        return self._node_from(parent.container, parent.child_key(name, entry.kind), entry)
+
+    def forget_name(self, parent: Node, name: str) -> None:
+        """Drop a child the file system just removed from the caches (not from the inode table)."""
+        if parent.children is not None:
+            parent.children.pop(name, None)
+        parent.negative[name] = time.monotonic() + self.dir_ttl
+
+    def invalidate(self, node: Node) -> None:
+        """Forget a directory's cached listing, e.g. after renaming into it."""
+        node.children = None
+        node.negative.clear()
+
+    def moved(self, node: Node, container: str, key: str) -> None:
+        """Re-home a node after a rename so its inode number follows the file."""
+        self._by_path.pop((node.container, node.key.rstrip("/")), None)
+        node.container, node.key = container, key
+        self._by_path[(container, key.rstrip("/"))] = node.ino
+
+    def find(self, container: str, key: str) -> Node | None:
+        """The node the kernel knows for (container, key), if any."""
+        ino = self._by_path.get((container, key.rstrip("/")))
+        return None if ino is None else self._nodes.get(ino)
+
+    def move_tree(self, container: str, prefix: str, new_container: str, new_prefix: str) -> None:
+        """Re-home every known node at or below directory ``prefix`` after a directory rename."""
+        for node in list(self._nodes.values()):
+            if node.container == container and node.key.startswith(prefix) and not node.is_container:
+                self.moved(node, new_container, new_prefix + node.key[len(prefix) :])
+                if node.kind is Kind.DIR:
+                    self.invalidate(node)
+
+    def lookup_ref(self, node: Node) -> None:
+        """Count one more kernel reference to ``node``."""
+        node.lookups += 1
+
+    def forget(self, ino: int, count: int) -> None:
+        """The kernel dropped ``count`` references; free the node once none remain."""
+        node = self._nodes.get(ino)
+        if node is None or node.is_root:
+            return
+        node.lookups -= count
+        self.release_if_unused(node)
+
+    def release_if_unused(self, node: Node) -> None:
+        """Drop a node the kernel no longer references and nobody has open."""
+        if node.lookups <= 0 and node.opens <= 0 and not node.is_root:
+            self._nodes.pop(node.ino, None)
+            if self._by_path.get((node.container, node.key.rstrip("/"))) == node.ino:
+                del self._by_path[(node.container, node.key.rstrip("/"))]
+
+    # -- lookups ---------------------------------------------------------
+    async def lookup(self, parent: Node, name: str) -> Node:
+        """The child ``name`` of directory ``parent``; ``NotFound`` if there is none."""
+        if parent.kind is not Kind.DIR or not _valid_segment(name):
+            raise NotFound(name)
+        now = time.monotonic()
+        if parent.negative.get(name, 0) > now:
+            raise NotFound(name)
+        if parent.children is not None and parent.children_expires > now:
+            entry = parent.children.get(name)
+            if entry is None:
+                raise NotFound(name)
+            return self.remember(parent, name, entry)
+        try:
+            entry = await self._probe(parent, name)
+        except NotFound:
+            parent.negative[name] = now + self.dir_ttl
+            raise
+        return self.remember(parent, name, entry)
+
+    async def _probe(self, parent: Node, name: str) -> Entry:
+        if parent.is_root:
+            if name in await self.backend.containers():
+                return Entry(Kind.DIR)
+            raise NotFound(name)
+        key = parent.key + name
+        # Ask both questions at once; a directory wins over a file of the same name.
+        found: dict[str, object] = {}
+
+        async def as_dir() -> None:
+            found["dir"] = await self.backend.list_page(parent.container, prefix=key + "/", limit=1)
+
+        async def as_file() -> None:
+            with contextlib.suppress(NotFound):
+                found["file"] = await self._stat_entry(parent.container, key)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(as_dir)
+            nursery.start_soon(as_file)
+        if found["dir"]:
+            if "file" in found:
+                log.warning(
+                    "%s/%s is both a file and a directory; showing the directory", parent.container, key
+                )
+            return Entry(Kind.DIR)
+        if "file" in found:
+            return found["file"]  # type: ignore[return-value]
+        raise NotFound(name)
+
+    async def _stat_entry(self, container: str, key: str) -> Entry:
+        info = await self.backend.stat(container, key)
+        return self._entry_of(info)
+
+    def _entry_of(self, info: ArtifactInfo) -> Entry:
+        meta = dict(info.metadata) if info.metadata is not None else None
+        if info.name.endswith("/"):
+            return Entry(Kind.DIR, 0, info.mtime, info.etag, meta, marker=True)
+        kind = Kind.LINK if attrs.is_symlink(meta) else Kind.FILE
+        return Entry(kind, info.size, info.mtime, info.etag, meta)
+
+    async def refresh(self, node: Node) -> Node:
+        """``node`` with attributes no older than the TTL (a HEAD for files)."""
+        if node.expires > time.monotonic() or (node.kind is Kind.DIR and not node.marker):
+            return node
+        if node.kind is Kind.DIR:
+            try:
+                self._apply(node, await self._stat_entry(node.container, node.key))
+            except NotFound:
+                node.marker = False
+                node.expires = time.monotonic() + self.attr_ttl
+            return node
+        self._apply(node, await self._stat_entry(node.container, node.key))
+        return node
+
+    # -- listings --------------------------------------------------------
+    async def list_page(self, node: Node, after: str | None) -> tuple[list[tuple[str, Entry]], str | None]:
+        """One page of directory ``node``'s children, resuming at backend position ``after``.
+
+        Returns the children and the position to pass next time, or ``None``
+        once the listing is complete.
+        """
+        if node.is_root:
+            return [(name, Entry(Kind.DIR)) for name in await self.backend.containers()], None
+        items = await self.backend.list_page(
+            node.container,
+            prefix=node.key,
+            delimiter="/",
+            start_after=None if after is None else node.key + after,
+            limit=PAGE,
+        )
+        out: dict[str, Entry] = {}
+        for item in items:
+            name = item.name[len(node.key) :]
+            if isinstance(item, Prefix):
+                seg = name[:-1]
+                if not _valid_segment(seg):
+                    log.warning("skipping %s/%s: not representable as a path", node.container, item.name)
+                    continue
+                if seg in out:
+                    log.warning(
+                        "%s/%s is both a file and a directory; showing the directory",
+                        node.container,
+                        node.key + seg,
+                    )
+                out[seg] = Entry(Kind.DIR)
+            elif name == "":
+                continue  # this directory's own marker
+            elif not _valid_segment(name):
+                log.warning("skipping %s/%s: not representable as a path", node.container, item.name)
+            elif name not in out:
+                out[name] = self._entry_of(item)
+        if len(items) < PAGE:
+            return list(out.items()), None
+        last = items[-1]
+        position = last.name[len(node.key) :]
+        if isinstance(last, Prefix):
+            position += PAST_PREFIX  # skip the whole "directory", not just its first key
+        return list(out.items()), position
+
+    def cache_listing(self, node: Node, entries: dict[str, Entry]) -> None:
+        """Keep a complete listing of a not-too-large directory for ``dir_ttl``."""
+        if len(entries) <= MAX_CACHED_LISTING:
+            node.children = entries
+            node.children_expires = time.monotonic() + self.dir_ttl
+            node.negative.clear()
+
+    async def is_empty(self, node: Node) -> bool:
+        """Whether directory ``node`` has no children (its own marker aside)."""
+        if node.is_container:
+            items = await self.backend.list_page(node.container, limit=1)
+            return not items
+        items = await self.backend.list_page(node.container, prefix=node.key, limit=2)
+        return all(item.name == node.key for item in items)
