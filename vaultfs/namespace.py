@@ -111,6 +111,7 @@ class Namespace:
         self.defaults = defaults
         self.attr_ttl = attr_ttl
         self.dir_ttl = dir_ttl
+        self.started = time.time()
         self._nodes: dict[int, Node] = {}
         self._by_path: dict[tuple[str, str], int] = {}
         root = Node(ROOT_INODE, "", "", Kind.DIR, defaults.dir_mode, defaults.uid, defaults.gid)
@@ -168,7 +169,8 @@ class Namespace:
             node.mode = stat.S_IFLNK | 0o777
         node.uid, node.gid = attrs.owner_of(meta, d)
         node.size = entry.size
-        node.mtime_ns = attrs.mtime_ns_of(meta, entry.mtime)
+        # Containers and prefix-only directories have no time of their own; show the mount's start.
+        node.mtime_ns = attrs.mtime_ns_of(meta, entry.mtime or self.started)
         node.etag = entry.etag
         node.marker = entry.marker
         node.expires = time.monotonic() + self.attr_ttl
