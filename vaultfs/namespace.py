@@ -23,6 +23,7 @@ import logging
 import stat
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -158,10 +159,10 @@ class Namespace:
     def _apply(self, node: Node, entry: Entry) -> None:
         d = self.defaults
         default_mode = d.dir_mode if entry.kind is Kind.DIR else d.file_mode
-        if entry.meta is not None or node.meta is None or entry.etag != node.etag:
-            meta = entry.meta
-        else:
+        if entry.meta is None and node.meta is not None and entry.etag in ("", node.etag):
             meta = node.meta  # a listing without metadata does not erase what a stat saw
+        else:
+            meta = entry.meta
         node.kind = entry.kind
         node.meta = meta
         node.mode = attrs.mode_of(meta, default_mode)
@@ -245,6 +246,12 @@ class Namespace:
             entry = parent.children.get(name)
             if entry is None:
                 raise NotFound(name)
+            if entry.meta is None and not parent.is_root:
+                # Listings (S3's) carry no metadata: a lookup by name fetches it,
+                # so stat and rsync see true modes and times while ls -l costs
+                # no request per entry.
+                entry = await self._complete(parent, name, entry)
+                parent.children[name] = entry
             return self.remember(parent, name, entry)
         try:
             entry = await self._probe(parent, name)
@@ -253,17 +260,35 @@ class Namespace:
             raise
         return self.remember(parent, name, entry)
 
+    async def _complete(self, parent: Node, name: str, entry: Entry) -> Entry:
+        """``entry`` with its metadata, from a stat of the artifact or directory marker."""
+        known = self.find(parent.container, parent.child_key(name, entry.kind))
+        if known is not None and known.meta is not None and entry.etag in ("", known.etag):
+            return Entry(entry.kind, entry.size, entry.mtime, entry.etag, known.meta, known.marker)
+        if entry.kind is Kind.DIR:
+            return await self._marker_entry(parent.container, parent.child_key(name, Kind.DIR))
+        return await self._stat_entry(parent.container, parent.child_key(name, entry.kind))
+
+    async def _marker_entry(self, container: str, key: str) -> Entry:
+        try:
+            return await self._stat_entry(container, key)
+        except NotFound:
+            return Entry(Kind.DIR, meta={})  # a directory implied by its children alone
+
     async def _probe(self, parent: Node, name: str) -> Entry:
         if parent.is_root:
             if name in await self.backend.containers():
                 return Entry(Kind.DIR)
             raise NotFound(name)
         key = parent.key + name
-        # Ask both questions at once; a directory wins over a file of the same name.
-        found: dict[str, object] = {}
+        # Ask every question at once; a directory wins over a file of the same name.
+        found: dict[str, Any] = {}
 
         async def as_dir() -> None:
             found["dir"] = await self.backend.list_page(parent.container, prefix=key + "/", limit=1)
+
+        async def as_marker() -> None:
+            found["marker"] = await self._marker_entry(parent.container, key + "/")
 
         async def as_file() -> None:
             with contextlib.suppress(NotFound):
@@ -271,15 +296,18 @@ class Namespace:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(as_dir)
+            nursery.start_soon(as_marker)
             nursery.start_soon(as_file)
         if found["dir"]:
             if "file" in found:
                 log.warning(
                     "%s/%s is both a file and a directory; showing the directory", parent.container, key
                 )
-            return Entry(Kind.DIR)
+            entry: Entry = found["marker"]
+            return entry
         if "file" in found:
-            return found["file"]  # type: ignore[return-value]
+            entry = found["file"]
+            return entry
         raise NotFound(name)
 
     async def _stat_entry(self, container: str, key: str) -> Entry:
