@@ -1,0 +1,918 @@
+"""The ``local`` driver: containers are the sub-directories of one root directory.
+
+Artifact names map to nested paths (``/`` separates directories); a name ending
+in ``/`` is a directory marker.  User metadata, and a random version token that
+keeps ETags unique when the file system reuses an inode, live in one JSON
+extended attribute (``user.vaultfs.meta``) written on the temporary file before
+it is renamed over the target, so data and metadata change together.
+
+Every path is resolved with ``realpath`` and must stay inside its container
+directory; symlinks inside the container are followed.  The checks resolve the
+path and then use it, so a process that swaps directories for symlinks in
+between can still win the race: the root must not be writable by untrusted
+users.
+
+Directory lifecycle follows S3's rules as closely as a file system allows.  A
+directory made by ``put("a/b/")`` is *marked* (it carries the attribute) and is
+listed as the marker ``a/b/`` even when not empty; directories created only to
+hold a file are implicit and are removed again when a delete leaves them empty.
+
+A put holds an exclusive ``flock`` on its temporary file until the rename, so
+removing a directory can tell a crashed put's leftover (removed) from a live one
+(the directory is reported not empty), across processes too.
+
+Locks: ``_tree_lock`` (directory creation, marking, pruning) and ``_stats_lock``
+(counters) are leaf locks; no code holds one while taking the other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import io
+import json
+import logging
+import os
+import secrets
+import stat as st_mode
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import IO, Any, ClassVar, NamedTuple, cast
+
+from .base import (
+    MAX_NAME_BYTES,
+    ArtifactInfo,
+    Driver,
+    Prefix,
+    check_artifact_name,
+    check_metadata,
+    split_listing,
+)
+from .errors import (
+    AccessDenied,
+    AlreadyExists,
+    DriverError,
+    InvalidName,
+    NameTooLong,
+    NotEmpty,
+    NotFound,
+    QuotaExceeded,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+#: Prefix of the temporary siblings ``put`` writes before renaming; never a valid name segment.
+TEMP_PREFIX = ".vaultfs-tmp-"
+#: Names in the root starting with this are never containers (room for internal state).
+RESERVED_PREFIX = ".vaultfs"
+#: The extended attribute holding ``{"metadata": {...}, "version": "..."}`` as JSON.
+META_XATTR = "user.vaultfs.meta"
+#: The usual file-system limit on one path component.
+MAX_SEGMENT_BYTES = 255
+
+_CHUNK = 1 << 20
+_COPY_RANGE_CHUNK = 1 << 26
+_NOT_SUPPORTED = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
+_NO_XATTR = _NOT_SUPPORTED | {errno.ENODATA}
+_TRANSIENT = frozenset(
+    {errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.ESTALE}
+    | {errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+)
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Aliases, because ``list`` inside the class body names the method.
+_Entries = list[tuple[str, os.DirEntry[str]]]
+_Names = list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalOptions:
+    """Configuration of the ``local`` driver.
+
+    ``root`` is the directory whose sub-directories are the containers.
+    ``fsync`` makes every write durable (file and directory) before it returns.
+    """
+
+    root: str
+    fsync: bool = True
+
+
+def map_oserror(exc: OSError, what: str) -> DriverError:
+    """Translate an ``OSError`` about ``what`` into the contract's error hierarchy."""
+    code = exc.errno
+    msg = f"{what}: {exc.strerror or exc}"
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        return NotFound(msg)
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return AccessDenied(msg)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return QuotaExceeded(msg)
+    if code == errno.ENAMETOOLONG:
+        return NameTooLong(msg)
+    if code in (errno.EEXIST, errno.EISDIR):
+        return AlreadyExists(msg)
+    if code == errno.ENOTEMPTY:
+        return NotEmpty(msg)
+    if code in (errno.EINVAL, errno.EILSEQ, errno.ELOOP):
+        return InvalidName(msg)
+    if code in _TRANSIENT:
+        return Unavailable(msg)
+    return DriverError(msg)
+
+
+@contextlib.contextmanager
+def _mapped(what: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise map_oserror(exc, what) from exc
+
+
+def _encoded(name: str, what: str) -> bytes:
+    try:
+        return os.fsencode(name)
+    except UnicodeEncodeError:
+        raise InvalidName(f"{what} {name!r} cannot be encoded as a file name") from None
+
+
+def _check_container_name(name: str) -> None:
+    if not isinstance(name, str) or not name or "/" in name or "\x00" in name or name in (".", ".."):
+        raise InvalidName(f"invalid container name {name!r}")
+    if name.startswith(RESERVED_PREFIX):
+        raise InvalidName(f"container names starting with {RESERVED_PREFIX!r} are reserved")
+    if len(_encoded(name, "container name")) > MAX_SEGMENT_BYTES:
+        raise NameTooLong(f"container name longer than {MAX_SEGMENT_BYTES} bytes")
+
+
+def _bad_segment(seg: str) -> bool:
+    return seg in ("", ".", "..") or seg.startswith(TEMP_PREFIX)
+
+
+def _split_artifact(name: str) -> list[str]:
+    """Validate an artifact name and return its path segments (a marker's trailing '/' dropped)."""
+    _encoded(name, "artifact name")
+    check_artifact_name(name)
+    if name.startswith("/"):
+        raise InvalidName(f"artifact name {name!r} is absolute")
+    segments = (name[:-1] if name.endswith("/") else name).split("/")
+    for seg in segments:
+        if _bad_segment(seg):
+            raise InvalidName(
+                f"artifact name {name!r} has an empty, '.' or '..' segment or uses the reserved prefix"
+                f" {TEMP_PREFIX!r}"
+            )
+        if len(os.fsencode(seg)) > MAX_SEGMENT_BYTES:
+            raise NameTooLong(f"a segment of artifact name {name!r} is longer than {MAX_SEGMENT_BYTES} bytes")
+    return segments
+
+
+def _inside(base: str, path: str) -> bool:
+    return os.path.commonpath([base, path]) == base
+
+
+class _Record(NamedTuple):
+    present: bool
+    metadata: dict[str, str]
+    version: str
+
+
+_NO_RECORD = _Record(False, {}, "")
+
+
+def _read_record(target: str | int) -> _Record:
+    """The metadata attribute of a path or descriptor; an absent one reads as empty."""
+    try:
+        raw = os.getxattr(target, META_XATTR)
+    except OSError as exc:
+        if exc.errno in _NO_XATTR:
+            return _NO_RECORD
+        raise
+    try:
+        record = json.loads(raw)
+        metadata = record.get("metadata", {})
+        version = record.get("version", "")
+        if not (
+            isinstance(metadata, dict)
+            and isinstance(version, str)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
+        ):
+            raise ValueError("unexpected structure")
+    except (ValueError, AttributeError) as exc:
+        # A damaged attribute must not make the data unreadable; the metadata is lost either way.
+        log.warning("ignoring unreadable %s attribute (%s)", META_XATTR, exc)
+        return _Record(True, {}, "")
+    return _Record(True, metadata, version)
+
+
+def _encode_record(metadata: Mapping[str, str], version: str) -> bytes:
+    record: dict[str, Any] = {"metadata": dict(metadata)}
+    if version:
+        record["version"] = version
+    return json.dumps(record, sort_keys=True, separators=(",", ":")).encode("ascii")
+
+
+def _etag(st: os.stat_result, version: str, size: int | None = None) -> str:
+    tag = f"{st.st_mtime_ns:x}-{st.st_size if size is None else size:x}-{st.st_ino:x}"
+    return f"{tag}-{version}" if version else tag
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class _Target(NamedTuple):
+    container: str
+    artifact: str
+    cdir: str  # the container directory, resolved
+    lexical: str  # cdir joined with the name's segments, symlinks not resolved
+    real: str  # lexical, resolved
+    marker: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.container}/{self.artifact}"
+
+
+class _RangeReader(io.RawIOBase):
+    """A read-only view of ``[offset, offset+length)`` of an open file; never reads past the limit."""
+
+    def __init__(self, file: io.FileIO, length: int | None, label: str, on_close: Callable[[int], None]):
+        super().__init__()
+        self._file = file
+        self._remaining = length
+        self._label = label
+        self._on_close = on_close
+        self._done = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.closed:
+            raise ValueError("I/O operation on closed stream")
+        view = memoryview(buffer).cast("B")
+        if self._remaining is not None:
+            view = view[: self._remaining]
+        if not view:
+            return 0
+        with _mapped(self._label):
+            n = self._file.readinto(view) or 0
+        self._done += n
+        if self._remaining is not None:
+            self._remaining -= n
+        return n
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._file.close()
+        finally:
+            super().close()
+            self._on_close(self._done)
+
+
+class LocalDriver(Driver):
+    """Artifacts as files under ``root/<container>/``; see the module docstring for the layout."""
+
+    name = "local"
+    Options: ClassVar[type[Any]] = LocalOptions
+
+    def __init__(self, options: LocalOptions) -> None:
+        self.options = options
+        self._root = os.path.abspath(os.path.expanduser(options.root))
+        self._fsync = options.fsync
+        # Serialises creating, marking and pruning directories, so a prune never removes a
+        # directory another thread has just created a temp file in or marked.
+        self._tree_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._counters = {"operations": 0.0, "bytes_read": 0.0, "bytes_written": 0.0}
+
+    # -- resolution ------------------------------------------------------
+    def _root_dir(self) -> str:
+        real = os.path.realpath(self._root)
+        if not os.path.isdir(real):
+            raise NotFound(f"local root {self._root} does not exist or is not a directory")
+        return real
+
+    def _container_dir(self, container: str) -> str:
+        _check_container_name(container)
+        root = self._root_dir()
+        real = os.path.realpath(os.path.join(root, container))
+        if real == root or not _inside(root, real):
+            raise InvalidName(f"container {container!r} resolves outside the root")
+        if not os.path.isdir(real):
+            raise NotFound(f"container {container!r} does not exist")
+        return real
+
+    def _locate(self, container: str, artifact: str) -> _Target:
+        segments = _split_artifact(artifact)
+        cdir = self._container_dir(container)
+        lexical = os.path.join(cdir, *segments)
+        real = os.path.realpath(lexical)
+        if real == cdir or not _inside(cdir, real):
+            raise InvalidName(f"{container}/{artifact} resolves outside its container")
+        return _Target(container, artifact, cdir, lexical, real, artifact.endswith("/"))
+
+    def _open_checked(self, t: _Target) -> tuple[int, os.stat_result]:
+        """Open and fstat the artifact's file (a marker's directory); NotFound if it is the other kind."""
+        want = st_mode.S_ISDIR if t.marker else st_mode.S_ISREG
+        with _mapped(t.label):
+            # Checked before opening so a device or FIFO is never opened.
+            if not want(os.stat(t.real).st_mode):
+                raise NotFound(f"{t.label} does not exist")
+            fd = os.open(t.real, _OPEN_FLAGS)
+            try:
+                st = os.fstat(fd)
+                if not want(st.st_mode):
+                    raise NotFound(f"{t.label} does not exist")
+            except BaseException:
+                os.close(fd)
+                raise
+        return fd, st
+
+    def _no_xattr(self) -> DriverError:
+        return DriverError(
+            f"the file system under {self._root} does not support user extended attributes, so artifact"
+            " metadata cannot be stored (ext4: mount with user_xattr)"
+        )
+
+    def _set_record(self, target: str | int, metadata: dict[str, str], version: str) -> str:
+        """Write the attribute; return the version stored ("" where attributes are unsupported)."""
+        try:
+            os.setxattr(target, META_XATTR, _encode_record(metadata, version))
+        except OSError as exc:
+            if exc.errno not in _NOT_SUPPORTED:
+                raise
+            if metadata:
+                raise self._no_xattr() from exc
+            return ""
+        return version
+
+    def _count(self, read: int = 0, written: int = 0, ops: int = 1) -> None:
+        with self._stats_lock:
+            self._counters["operations"] += ops
+            self._counters["bytes_read"] += read
+            self._counters["bytes_written"] += written
+
+    def _sync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- directories -----------------------------------------------------
+    def _make_dirs(self, t: _Target, path: str, created: _Names) -> None:
+        """Create ``path`` and missing parents below the container; record each new one in ``created``."""
+        rel = os.path.relpath(path, t.cdir)
+        if rel == ".":
+            return
+        current = t.cdir
+        for seg in rel.split(os.sep):
+            current = os.path.join(current, seg)
+            try:
+                os.mkdir(current)
+            except FileExistsError:
+                if not os.path.isdir(current):
+                    clash = os.path.relpath(current, t.cdir)
+                    raise AlreadyExists(f"{t.label}: {clash!r} is a file, not a directory") from None
+                continue
+            except OSError as exc:
+                raise map_oserror(exc, t.label) from exc
+            created.append(current)
+
+    def _sync_created(self, created: list[str]) -> None:
+        if self._fsync:
+            for parent in dict.fromkeys(os.path.dirname(path) for path in created):
+                self._sync_dir(parent)
+
+    def _remove_created(self, created: list[str]) -> None:
+        """Undo ``_make_dirs`` after a failure; directories someone else filled meanwhile stay."""
+        for path in reversed(created):
+            try:
+                os.rmdir(path)
+            except OSError:
+                break
+
+    def _prune(self, cdir: str, path: str) -> None:
+        """Remove empty, unmarked directories from ``path`` upwards, as S3 forgets implied prefixes."""
+        with self._tree_lock:
+            while path != cdir and _inside(cdir, path):
+                try:
+                    if _read_record(path).present:
+                        break
+                    os.rmdir(path)
+                except OSError:
+                    break
+                path = os.path.dirname(path)
+
+    def _remove_dir(self, path: str, label: str) -> None:
+        """Remove an empty directory (a symlink to one: the link); crashed puts' temp files do not count."""
+        with self._tree_lock:
+            try:
+                names = os.listdir(path)
+            except (FileNotFoundError, NotADirectoryError):
+                return  # removed meanwhile
+            if any(not n.startswith(TEMP_PREFIX) for n in names):
+                raise NotEmpty(f"{label} is not empty")
+            if os.path.islink(path):
+                os.unlink(path)
+                return
+            for n in names:
+                if not self._remove_stale_temp(os.path.join(path, n)):
+                    raise NotEmpty(f"{label} is receiving an artifact (a put is in progress)")
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise NotEmpty(f"{label} is not empty") from None
+                raise
+
+    @staticmethod
+    def _remove_stale_temp(path: str) -> bool:
+        """Unlink a temp file unless a live put holds its lock; True if it is gone."""
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except FileNotFoundError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return True
+        finally:
+            os.close(fd)
+
+    # -- artifacts -------------------------------------------------------
+    def get(self, container: str, artifact: str, offset: int = 0, length: int | None = None) -> IO[bytes]:
+        """Open a range of the artifact; a marker reads as empty."""
+        if offset < 0 or (length is not None and length < 0):
+            raise ValueError("offset and length must not be negative")
+        t = self._locate(container, artifact)
+        self._count()
+        fd, _ = self._open_checked(t)
+        if t.marker:
+            os.close(fd)
+            return io.BytesIO(b"")
+        file = io.FileIO(fd, "rb", closefd=True)
+        try:
+            with _mapped(t.label):
+                file.seek(offset)
+        except BaseException:
+            file.close()
+            raise
+        reader = _RangeReader(file, length, t.label, lambda n: self._count(read=n, ops=0))
+        return cast(IO[bytes], reader)
+
+    def put(
+        self,
+        container: str,
+        artifact: str,
+        stream: IO[bytes],
+        size: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ArtifactInfo:
+        """Write to a temp sibling, set the metadata attribute, fsync, rename over the target."""
+        if size is not None and size < 0:
+            raise ValueError("size must not be negative")
+        meta = check_metadata(metadata)
+        t = self._locate(container, artifact)
+        self._count()
+        if t.marker:
+            return self._put_marker(t, stream, size, meta)
+        return self._put_file(t, meta, lambda fd: self._fill_from_stream(fd, stream, size, t))
+
+    def _fill_from_stream(self, fd: int, stream: IO[bytes], size: int | None, t: _Target) -> int:
+        total = 0
+        while size is None or total < size:
+            want = _CHUNK if size is None else min(_CHUNK, size - total)
+            chunk = stream.read(want)
+            if not chunk:
+                break
+            chunk = chunk[:want]
+            with _mapped(t.label):
+                _write_all(fd, chunk)
+            total += len(chunk)
+        if size is not None and total < size:
+            # Storing a truncated artifact silently would be worse than failing the put.
+            raise DriverError(f"{t.label}: the stream ended after {total} of {size} bytes")
+        return total
+
+    def _fill_from_fd(self, src: int, dst: int, size: int, t: _Target) -> int:
+        total = 0
+        with _mapped(t.label):
+            try:
+                # In-kernel copy (a reflink on file systems that share extents).
+                while total < size:
+                    n = os.copy_file_range(src, dst, min(_COPY_RANGE_CHUNK, size - total))
+                    if not n:
+                        break
+                    total += n
+            except OSError as exc:
+                if exc.errno not in _NOT_SUPPORTED | {errno.EXDEV, errno.ENOSYS, errno.EINVAL}:
+                    raise
+            while total < size:
+                chunk = os.read(src, min(_CHUNK, size - total))
+                if not chunk:
+                    break
+                _write_all(dst, chunk)
+                total += len(chunk)
+        if total < size:
+            raise DriverError(f"{t.label}: the source shrank while it was copied")
+        return total
+
+    def _put_file(self, t: _Target, meta: dict[str, str], fill: Callable[[int], int]) -> ArtifactInfo:
+        if os.path.isdir(t.real):
+            raise AlreadyExists(f"{t.label}: a directory of that name exists")
+        parent = os.path.dirname(t.real)
+        created: list[str] = []
+        tmp: str | None = None
+        fd = -1
+        try:
+            with self._tree_lock:
+                self._make_dirs(t, parent, created)
+                tmp = os.path.join(parent, TEMP_PREFIX + secrets.token_hex(8))
+                with _mapped(t.label):
+                    fd = os.open(tmp, _CREATE_FLAGS, 0o666)
+                    # Held until the rename: a temp file nobody holds locked is a crashed put's.
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with _mapped(t.label):
+                self._sync_created(created)
+            written = fill(fd)
+            with _mapped(t.label):
+                version = self._set_record(fd, meta, secrets.token_hex(8))
+                if self._fsync:
+                    os.fsync(fd)
+                st = os.fstat(fd)
+            try:
+                os.rename(tmp, t.real)
+            except IsADirectoryError:
+                raise AlreadyExists(f"{t.label}: a directory of that name exists") from None
+            except OSError as exc:
+                raise map_oserror(exc, t.label) from exc
+            tmp = None
+            with _mapped(t.label):
+                fd, closing = -1, fd
+                os.close(closing)
+                if self._fsync:
+                    self._sync_dir(parent)
+        except BaseException:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            if created:
+                with self._tree_lock:
+                    self._remove_created(created)
+            raise
+        self._count(written=written, ops=0)
+        log.debug("stored %s (%d bytes)", t.label, written)
+        return ArtifactInfo(t.artifact, st.st_size, st.st_mtime, _etag(st, version), meta)
+
+    def _put_marker(
+        self, t: _Target, stream: IO[bytes], size: int | None, meta: dict[str, str]
+    ) -> ArtifactInfo:
+        if size or (size is None and stream.read(1)):
+            raise InvalidName(f"{t.label}: a directory marker cannot hold data")
+        created: list[str] = []
+        with self._tree_lock:
+            try:
+                self._make_dirs(t, t.real, created)
+                with _mapped(t.label):
+                    self._set_record(t.real, meta, "")
+                    st = os.stat(t.real)
+            except BaseException:
+                self._remove_created(created)
+                raise
+        with _mapped(t.label):
+            self._sync_created(created)
+        return ArtifactInfo(t.artifact, 0, st.st_mtime, _etag(st, "", 0), meta)
+
+    def delete(self, container: str, artifact: str) -> None:
+        """Unlink the file (a symlink itself, not its target) or remove an empty marked directory."""
+        t = self._locate(container, artifact)
+        self._count()
+        parent = os.path.realpath(os.path.dirname(t.lexical))
+        if not _inside(t.cdir, parent):
+            raise InvalidName(f"{t.label} resolves outside its container")
+        entry = os.path.join(parent, os.path.basename(t.lexical))
+        with _mapped(t.label):
+            try:
+                st = os.stat(entry)
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            if t.marker:
+                if not st_mode.S_ISDIR(st.st_mode):
+                    return
+                self._remove_dir(entry, t.label)
+            else:
+                # A directory or special file of that name is not this artifact: nothing to delete.
+                if not st_mode.S_ISREG(st.st_mode):
+                    return
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry)
+            if self._fsync:
+                # Another delete may have pruned the emptied directory meanwhile.
+                with contextlib.suppress(FileNotFoundError):
+                    self._sync_dir(parent)
+        if parent == os.path.dirname(t.lexical):
+            # Pruning through a symlinked directory could leave the link dangling.
+            self._prune(t.cdir, parent)
+
+    def stat(self, container: str, artifact: str) -> ArtifactInfo:
+        """The artifact's size, mtime, ETag and metadata; a directory only answers as a marker."""
+        t = self._locate(container, artifact)
+        self._count()
+        fd, st = self._open_checked(t)
+        try:
+            with _mapped(t.label):
+                record = _read_record(fd)
+        finally:
+            os.close(fd)
+        return self._info(t.artifact, st, record)
+
+    @staticmethod
+    def _info(name: str, st: os.stat_result, record: _Record) -> ArtifactInfo:
+        size = 0 if name.endswith("/") else st.st_size
+        return ArtifactInfo(name, size, st.st_mtime, _etag(st, record.version, size), dict(record.metadata))
+
+    def update_metadata(self, container: str, artifact: str, metadata: Mapping[str, str]) -> ArtifactInfo:
+        """Rewrite the attribute in place; the data, mtime and ETag stay."""
+        meta = check_metadata(metadata)
+        t = self._locate(container, artifact)
+        self._count()
+        fd, _ = self._open_checked(t)
+        try:
+            with _mapped(t.label):
+                if t.marker:
+                    with self._tree_lock:
+                        version = self._set_record(fd, meta, "")
+                else:
+                    version = self._set_record(fd, meta, _read_record(fd).version)
+                st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        return self._info(t.artifact, st, _Record(True, meta, version))
+
+    def copy(
+        self,
+        container: str,
+        artifact: str,
+        dst_container: str,
+        dst_artifact: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> ArtifactInfo:
+        """Copy from one open descriptor, so data and metadata come from the same version."""
+        if artifact.endswith("/") or dst_artifact.endswith("/"):
+            return super().copy(container, artifact, dst_container, dst_artifact, metadata)
+        src = self._locate(container, artifact)
+        self._count()
+        fd, st = self._open_checked(src)
+        try:
+            if metadata is None:
+                with _mapped(src.label):
+                    metadata = _read_record(fd).metadata
+            meta = check_metadata(metadata)
+            dst = self._locate(dst_container, dst_artifact)
+            return self._put_file(dst, meta, lambda out: self._fill_from_fd(fd, out, st.st_size, dst))
+        finally:
+            os.close(fd)
+
+    # -- listing ---------------------------------------------------------
+    def list(
+        self,
+        container: str,
+        prefix: str = "",
+        delimiter: str | None = None,
+        start_after: str | None = None,
+    ) -> Iterator[ArtifactInfo | Prefix]:
+        """Walk from the deepest directory the prefix names, yielding keys in code-point order."""
+        cdir = self._container_dir(container)
+        self._count()
+        cut = prefix.rfind("/") + 1
+        dir_key, leaf = prefix[:cut], prefix[cut:]
+        start = cdir
+        if dir_key:
+            # A prefix whose directory part no artifact name could have matches nothing.
+            segments = dir_key[:-1].split("/")
+            try:
+                if any(_bad_segment(s) or "\x00" in s or not _encoded(s, "prefix") for s in segments):
+                    return iter(())
+            except InvalidName:
+                return iter(())
+            start = os.path.realpath(os.path.join(cdir, *segments))
+            if start == cdir or not _inside(cdir, start):
+                return iter(())
+        label = f"{container}/{prefix}"
+        if delimiter == "/":
+            return self._walk_level(cdir, start, dir_key, leaf, start_after, label)
+        flat = self._walk_tree(cdir, start, dir_key, leaf, start_after, label)
+        if delimiter:
+            return split_listing(flat, prefix, delimiter, start_after)
+        return cast(Iterator[ArtifactInfo | Prefix], flat)
+
+    def _scan(self, cdir: str, path: str, key: str, leaf: str, label: str) -> tuple[_Entries, bool]:
+        """One directory's visible entries as (key, entry) sorted by key, and whether it is bare.
+
+        Directory keys end in '/'.  Bare means nothing at all is in it: a directory holding only
+        an in-flight temp file is not listed as a marker, as S3 shows nothing before a put ends.
+        """
+        out: _Entries = []
+        bare = True
+        try:
+            with os.scandir(path) as it:
+                for entry in it:
+                    bare = False
+                    name = entry.name
+                    if name.startswith(TEMP_PREFIX) or not name.startswith(leaf):
+                        continue
+                    try:
+                        if entry.is_symlink() and not _inside(cdir, os.path.realpath(entry.path)):
+                            continue
+                        if entry.is_dir():
+                            k = f"{key}{name}/"
+                        elif entry.is_file():
+                            k = key + name
+                        else:
+                            continue
+                    except OSError:
+                        continue
+                    # Keys too long to address through the contract are not listed either.
+                    if len(os.fsencode(k)) <= MAX_NAME_BYTES:
+                        out.append((k, entry))
+        except (FileNotFoundError, NotADirectoryError):
+            return [], False
+        except OSError as exc:
+            raise map_oserror(exc, label) from exc
+        out.sort(key=lambda item: item[0])
+        return out, bare
+
+    def _marker(
+        self, path: str, key: str, bare: bool, st: os.stat_result | None = None
+    ) -> ArtifactInfo | None:
+        """The marker entry of a directory if it is bare or marked."""
+        try:
+            st = st or os.stat(path)
+            if not st_mode.S_ISDIR(st.st_mode):
+                return None
+            record = _read_record(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return self._info(key, st, record) if bare or record.present else None
+
+    def _file(self, key: str, entry: os.DirEntry[str]) -> ArtifactInfo | None:
+        try:
+            return self._info(key, entry.stat(), _read_record(entry.path))
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # deleted while we listed
+
+    def _start_marker(
+        self, start: str, dir_key: str, leaf: str, bare: bool, start_after: str | None
+    ) -> Iterator[ArtifactInfo]:
+        # A prefix naming a directory ("a/b/") matches that directory's own marker.
+        if dir_key and not leaf and (start_after is None or dir_key > start_after):
+            info = self._marker(start, dir_key, bare)
+            if info is not None:
+                yield info
+
+    def _walk_level(
+        self, cdir: str, start: str, dir_key: str, leaf: str, start_after: str | None, label: str
+    ) -> Iterator[ArtifactInfo | Prefix]:
+        entries, bare = self._scan(cdir, start, dir_key, leaf, label)
+        yield from self._start_marker(start, dir_key, leaf, bare, start_after)
+        for key, entry in entries:
+            if start_after is not None and key <= start_after:
+                continue
+            if key.endswith("/"):
+                yield Prefix(key)
+            else:
+                info = self._file(key, entry)
+                if info is not None:
+                    yield info
+
+    def _walk_tree(
+        self, cdir: str, start: str, dir_key: str, leaf: str, start_after: str | None, label: str
+    ) -> Iterator[ArtifactInfo]:
+        entries, bare = self._scan(cdir, start, dir_key, leaf, label)
+        yield from self._start_marker(start, dir_key, leaf, bare, start_after)
+        try:
+            st = os.stat(start)
+        except OSError:
+            return
+        # Depth-first over sorted siblings is global key order because a directory sorts as "name/".
+        stack: list[tuple[Iterator[tuple[str, os.DirEntry[str]]], tuple[int, int]]]
+        stack = [(iter(entries), (st.st_dev, st.st_ino))]
+        ancestors = {stack[0][1]}
+        while stack:
+            items, ident = stack[-1]
+            item = next(items, None)
+            if item is None:
+                stack.pop()
+                ancestors.discard(ident)
+                continue
+            key, entry = item
+            if not key.endswith("/"):
+                if start_after is None or key > start_after:
+                    info = self._file(key, entry)
+                    if info is not None:
+                        yield info
+                continue
+            if start_after is not None and key <= start_after and not start_after.startswith(key):
+                continue  # every key below sorts before start_after
+            try:
+                dst = entry.stat()
+            except OSError:
+                continue
+            child = (dst.st_dev, dst.st_ino)
+            if child in ancestors:
+                continue  # a symlink loop
+            children, bare = self._scan(cdir, entry.path, key, "", label)
+            if start_after is None or key > start_after:
+                info = self._marker(entry.path, key, bare, dst)
+                if info is not None:
+                    yield info
+            stack.append((iter(children), child))
+            ancestors.add(child)
+
+    # -- containers ------------------------------------------------------
+    def containers(self) -> _Names:
+        """The sub-directories of the root, sorted; files and reserved names are skipped."""
+        root = self._root_dir()
+        self._count()
+        names: _Names = []
+        with _mapped(f"local root {self._root}"), os.scandir(root) as it:
+            for entry in it:
+                if entry.name.startswith(RESERVED_PREFIX):
+                    continue
+                try:
+                    if not entry.is_dir():
+                        continue
+                    if entry.is_symlink():
+                        real = os.path.realpath(entry.path)
+                        if real == root or not _inside(root, real):
+                            continue
+                except OSError:
+                    continue
+                names.append(entry.name)
+        return sorted(names)
+
+    def create_container(self, container: str) -> None:
+        """Create the container's directory."""
+        _check_container_name(container)
+        root = self._root_dir()
+        self._count()
+        try:
+            os.mkdir(os.path.join(root, container))
+        except FileExistsError:
+            raise AlreadyExists(f"container {container!r} already exists") from None
+        except OSError as exc:
+            raise map_oserror(exc, f"container {container!r}") from exc
+        if self._fsync:
+            with _mapped(f"container {container!r}"):
+                self._sync_dir(root)
+
+    def delete_container(self, container: str) -> None:
+        """Remove the container's directory if nothing visible is left in it."""
+        self._container_dir(container)
+        root = self._root_dir()
+        self._count()
+        label = f"container {container!r}"
+        with _mapped(label):
+            self._remove_dir(os.path.join(root, container), label)
+            if self._fsync:
+                self._sync_dir(root)
+
+    # -- operations ------------------------------------------------------
+    def health_check(self) -> None:
+        """Raise unless the root is an existing, writable directory."""
+        if not os.path.exists(self._root):
+            raise NotFound(f"local root {self._root} does not exist")
+        if not os.path.isdir(self._root):
+            raise NotFound(f"local root {self._root} is not a directory")
+        if not os.access(self._root, os.W_OK | os.X_OK):
+            raise AccessDenied(f"local root {self._root} is not writable")
+
+    def get_metrics(self) -> dict[str, float]:
+        """Operation and byte counters, plus the free and total space under the root."""
+        with self._stats_lock:
+            metrics = dict(self._counters)
+        try:
+            vfs = os.statvfs(self._root)
+        except OSError:
+            return metrics
+        metrics["disk_free_bytes"] = float(vfs.f_bavail * vfs.f_frsize)
+        metrics["disk_total_bytes"] = float(vfs.f_blocks * vfs.f_frsize)
+        return metrics
