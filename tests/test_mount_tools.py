@@ -42,8 +42,12 @@ class Tree:
             return f.read()
 
 
-def sh(cmd: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, shell=True, cwd=cwd, capture_output=True, text=True, check=check, timeout=300)
+def sh(cmd: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a shell command; fail the test with its output if it fails."""
+    done = subprocess.run(cmd, shell=True, cwd=cwd, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        pytest.fail(f"{cmd!r} exited {done.returncode}:\n{done.stdout}{done.stderr}")
+    return done
 
 
 def make_local(tmp_path: Path, mount_factory: MountFactory) -> Tree:

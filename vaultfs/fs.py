@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pyfuse3
-import trio
 
 from drivers.base import ArtifactInfo
 from drivers.errors import (
@@ -37,6 +36,7 @@ from . import attrs, metrics
 from .backend import Backend
 from .files import Files, is_write_flags
 from .namespace import Entry, Kind, Namespace, Node
+from .tasks import run_all
 
 log = logging.getLogger(__name__)
 
@@ -492,27 +492,24 @@ class Operations(pyfuse3.Operations):
         new_key = new_parent.child_key(new_name, Kind.DIR)
         names = [i.name for i in items if isinstance(i, ArtifactInfo)]
         for name in names:
-            of_node = self.ns.find(src.container, name)
-            if of_node is not None:
-                await self.files.flush_node(of_node)
-        await self._each(
-            names,
-            lambda n: self.backend.copy(src.container, n, new_parent.container, new_key + n[len(src.key) :]),
+            open_node = self.ns.find(src.container, name)
+            if open_node is not None:
+                await self.files.flush_node(open_node)
+        container = new_parent.container
+        await run_all(
+            functools.partial(self.backend.copy, src.container, n, container, new_key + n[len(src.key) :])
+            for n in names
         )
-        await self._each(names, lambda n: self.backend.delete(src.container, n))
-        self.ns.move_tree(src.container, src.key, new_parent.container, new_key)
+        # Files first, then directory markers deepest first: a file-backed store
+        # cannot remove a directory before its contents.
+        markers = sorted((n for n in names if n.endswith("/")), reverse=True)
+        await run_all(
+            functools.partial(self.backend.delete, src.container, n) for n in names if not n.endswith("/")
+        )
+        for marker in markers:
+            await self.backend.delete(src.container, marker)
+        self.ns.move_tree(src.container, src.key, container, new_key)
         self.ns.invalidate(src)
-
-    async def _each(self, names: list[str], fn: Callable[[str], Awaitable[Any]]) -> None:
-        limiter = trio.CapacityLimiter(16)
-
-        async def one(name: str) -> None:
-            async with limiter:
-                await fn(name)
-
-        async with trio.open_nursery() as nursery:
-            for name in names:
-                nursery.start_soon(one, name)
 
     # -- extended attributes -----------------------------------------------
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:

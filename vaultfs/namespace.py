@@ -16,22 +16,20 @@ Attributes, listings and negative lookups are cached for ``attr_ttl`` and
 
 from __future__ import annotations
 
-import contextlib
 import enum
+import functools
 import hashlib
 import logging
 import stat
 import time
 from dataclasses import dataclass, field
-from typing import Any
-
-import trio
 
 from drivers.base import ArtifactInfo, Prefix
 from drivers.errors import NotFound
 
 from . import attrs
 from .backend import Backend
+from .tasks import run_all
 
 log = logging.getLogger(__name__)
 
@@ -281,33 +279,29 @@ class Namespace:
                 return Entry(Kind.DIR)
             raise NotFound(name)
         key = parent.key + name
+
         # Ask every question at once; a directory wins over a file of the same name.
-        found: dict[str, Any] = {}
+        async def file_entry() -> Entry | None:
+            try:
+                return await self._stat_entry(parent.container, key)
+            except NotFound:
+                return None
 
-        async def as_dir() -> None:
-            found["dir"] = await self.backend.list_page(parent.container, prefix=key + "/", limit=1)
-
-        async def as_marker() -> None:
-            found["marker"] = await self._marker_entry(parent.container, key + "/")
-
-        async def as_file() -> None:
-            with contextlib.suppress(NotFound):
-                found["file"] = await self._stat_entry(parent.container, key)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(as_dir)
-            nursery.start_soon(as_marker)
-            nursery.start_soon(as_file)
-        if found["dir"]:
-            if "file" in found:
+        children, marker, file = await run_all(
+            [
+                functools.partial(self.backend.list_page, parent.container, prefix=key + "/", limit=1),
+                functools.partial(self._marker_entry, parent.container, key + "/"),
+                file_entry,
+            ]
+        )
+        if children:
+            if file is not None:
                 log.warning(
                     "%s/%s is both a file and a directory; showing the directory", parent.container, key
                 )
-            entry: Entry = found["marker"]
-            return entry
-        if "file" in found:
-            entry = found["file"]
-            return entry
+            return marker  # type: ignore[no-any-return]
+        if file is not None:
+            return file  # type: ignore[no-any-return]
         raise NotFound(name)
 
     async def _stat_entry(self, container: str, key: str) -> Entry:
