@@ -31,9 +31,11 @@ from .namespace import Entry, Kind, Namespace, Node
 
 log = logging.getLogger(__name__)
 
-#: The smallest ranged get a read of a clean file makes; later reads of the same
-#: window come from memory.
-READ_CHUNK = 4 << 20
+#: Reads of a clean file fetch aligned windows of this size; later reads inside
+#: a window come from memory, and concurrent reads of one window share one get.
+WINDOW = 4 << 20
+#: Windows kept per open file: the current one and the one a sequential reader enters next.
+KEPT_WINDOWS = 2
 
 
 @dataclass(eq=False)
@@ -47,7 +49,8 @@ class OpenFile:
     dirty: bool = False
     unlinked: bool = False
     lock: trio.Lock = field(default_factory=trio.Lock)
-    window: tuple[int, bytes] = (0, b"")
+    windows: dict[int, bytes] = field(default_factory=dict)
+    fetching: dict[int, trio.Event] = field(default_factory=dict)
 
 
 class Files:
@@ -136,15 +139,38 @@ class Files:
         of = self._handles[fh]
         if of.staged is not None:
             return os.pread(of.fd, size, offset)
-        start, data = of.window
-        if start <= offset and offset + size <= start + len(data):
-            return data[offset - start : offset - start + size]
-        if offset >= of.node.size:
+        end = min(offset + size, of.node.size)
+        if offset >= end:
             return b""
-        length = max(size, READ_CHUNK)
-        data = await self.backend.read(of.node.container, of.node.key, offset, length)
-        of.window = (offset, data)
-        return data[:size]
+        first, last = offset // WINDOW, (end - 1) // WINDOW
+        parts = [await self._window(of, i) for i in range(first, last + 1)]
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        start = offset - first * WINDOW
+        return data[start : start + end - offset]
+
+    async def _window(self, of: OpenFile, index: int) -> bytes:
+        """Window ``index`` of a clean file, fetched once however many reads want it at a time."""
+        cached = of.windows.get(index)
+        if cached is not None:
+            return cached
+        pending = of.fetching.get(index)
+        if pending is not None:
+            await pending.wait()
+            cached = of.windows.get(index)
+            if cached is not None:
+                return cached
+            # The shared fetch failed; fetch again so this reader gets the error (or the data) itself.
+        done = of.fetching[index] = trio.Event()
+        try:
+            data = await self.backend.read(of.node.container, of.node.key, index * WINDOW, WINDOW)
+        finally:
+            if of.fetching.get(index) is done:
+                del of.fetching[index]
+            done.set()
+        if len(of.windows) >= KEPT_WINDOWS:
+            del of.windows[next(iter(of.windows))]  # the oldest
+        of.windows[index] = data
+        return data
 
     async def write(self, fh: int, offset: int, buf: bytes) -> int:
         """Write ``buf`` at ``offset`` into the staging copy."""
