@@ -218,10 +218,12 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         _configure_check_config,
     ),
     "drivers": Subcommand("list the installed storage drivers", _run_drivers),
-    "mount": Subcommand("mount a backend (or a local directory) on a directory", mountcmd.run_mount,
-                        mountcmd.configure_mount),
-    "umount": Subcommand("unmount and wait for pending uploads to finish", mountcmd.run_umount,
-                         mountcmd.configure_umount),
+    "mount": Subcommand(
+        "mount a backend (or a local directory) on a directory", mountcmd.run_mount, mountcmd.configure_mount
+    ),
+    "umount": Subcommand(
+        "unmount and wait for pending uploads to finish", mountcmd.run_umount, mountcmd.configure_umount
+    ),
 }
 
 
