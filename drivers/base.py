@@ -108,6 +108,9 @@ class Driver(ABC):
 
     name: ClassVar[str]
     Options: ClassVar[type[Any]] = NoOptions
+    #: Whether a local disk cache in front of this driver can make reads faster.
+    #: A driver whose data already sits on a local disk (or in memory) says no.
+    cacheable: ClassVar[bool] = True
 
     # -- artifacts -------------------------------------------------------
     @abstractmethod

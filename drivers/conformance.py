@@ -238,7 +238,13 @@ class DriverConformance:
             ("Prefix", "a/d/"),
             ("ArtifactInfo", "a/e"),
         ]
-        assert [e.name for e in driver.list(container, start_after="a/b")] == ["a/d/c", "a/e", "a0", "b", "z/y/x"]
+        assert [e.name for e in driver.list(container, start_after="a/b")] == [
+            "a/d/c",
+            "a/e",
+            "a0",
+            "b",
+            "z/y/x",
+        ]
         sizes = {e.name: e.size for e in driver.list(container) if isinstance(e, ArtifactInfo)}
         assert sizes == {n: len(n.encode()) for n in names}
 

@@ -281,6 +281,7 @@ class LocalDriver(Driver):
     """Artifacts as files under ``root/<container>/``; see the module docstring for the layout."""
 
     name = "local"
+    cacheable = False
     Options: ClassVar[type[Any]] = LocalOptions
 
     def __init__(self, options: LocalOptions) -> None:

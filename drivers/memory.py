@@ -20,6 +20,7 @@ class MemoryDriver(Driver):
     """Containers and artifacts in a dict guarded by one lock."""
 
     name = "memory"
+    cacheable = False
 
     def __init__(self, options: object | None = None) -> None:
         self._lock = threading.Lock()

@@ -23,6 +23,7 @@ from vaultfs.backend import Backend
 from vaultfs.files import Files
 from vaultfs.fs import ERRNO, FsOptions, Operations, errno_of
 from vaultfs.namespace import ROOT_INODE, Namespace
+from vaultfs.reader import Reader
 
 CTX = pyfuse3.RequestContext()
 
@@ -46,7 +47,8 @@ class World:
         self.backend = Backend("test", self.driver, retries=0, timeout=10)
         defaults = attrs.Defaults(uid=1000, gid=1000, umask=0o022)
         self.ns = Namespace(self.backend, defaults, attr_ttl=ttl, dir_ttl=ttl)
-        self.files = Files(self.ns, self.backend, tmp_path / "staging")
+        reader = Reader(self.backend, None, block_size=64 * 1024, read_ahead_max=0)
+        self.files = Files(self.ns, self.backend, reader, tmp_path / "staging")
         self.ops = Operations(self.backend, self.ns, self.files, FsOptions(attr_ttl=ttl, rename_limit=rename_limit))
         self.staging = tmp_path / "staging"
 

@@ -3,7 +3,7 @@
 One :class:`OpenFile` per inode is shared by every handle on it, so two
 descriptors of one file see each other's writes.  A file is staged (copied to
 ``staging_dir``) on its first write or truncate; reads of a staged file come
-from the staging copy, reads of a clean one from ranged gets.
+from the staging copy, reads of a clean one from :mod:`vaultfs.reader`.
 
 ``flush`` (every ``close(2)``) and ``fsync`` upload a dirty file and return the
 upload's error, so ``close`` succeeding means the data is in the backend.  A
@@ -28,6 +28,7 @@ import trio
 from . import attrs
 from .backend import Backend
 from .namespace import Entry, Kind, Namespace, Node
+from .reader import Reader, ReadState
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +50,16 @@ class OpenFile:
     dirty: bool = False
     unlinked: bool = False
     lock: trio.Lock = field(default_factory=trio.Lock)
-    windows: dict[int, bytes] = field(default_factory=dict)
-    fetching: dict[int, trio.Event] = field(default_factory=dict)
+    reading: ReadState | None = None
 
 
 class Files:
     """The open-file table: handles to :class:`OpenFile` objects, staging and upload."""
 
-    def __init__(self, namespace: Namespace, backend: Backend, staging_dir: Path) -> None:
+    def __init__(self, namespace: Namespace, backend: Backend, reader: Reader, staging_dir: Path) -> None:
         self.ns = namespace
         self.backend = backend
+        self.reader = reader
         self.staging_dir = staging_dir
         staging_dir.mkdir(parents=True, exist_ok=True)
         self._by_ino: dict[int, OpenFile] = {}
@@ -139,38 +140,11 @@ class Files:
         of = self._handles[fh]
         if of.staged is not None:
             return os.pread(of.fd, size, offset)
-        end = min(offset + size, of.node.size)
-        if offset >= end:
-            return b""
-        first, last = offset // WINDOW, (end - 1) // WINDOW
-        parts = [await self._window(of, i) for i in range(first, last + 1)]
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        start = offset - first * WINDOW
-        return data[start : start + end - offset]
-
-    async def _window(self, of: OpenFile, index: int) -> bytes:
-        """Window ``index`` of a clean file, fetched once however many reads want it at a time."""
-        cached = of.windows.get(index)
-        if cached is not None:
-            return cached
-        pending = of.fetching.get(index)
-        if pending is not None:
-            await pending.wait()
-            cached = of.windows.get(index)
-            if cached is not None:
-                return cached
-            # The shared fetch failed; fetch again so this reader gets the error (or the data) itself.
-        done = of.fetching[index] = trio.Event()
-        try:
-            data = await self.backend.read(of.node.container, of.node.key, index * WINDOW, WINDOW)
-        finally:
-            if of.fetching.get(index) is done:
-                del of.fetching[index]
-            done.set()
-        if len(of.windows) >= KEPT_WINDOWS:
-            del of.windows[next(iter(of.windows))]  # the oldest
-        of.windows[index] = data
-        return data
+        if of.reading is None:
+            # Pinned at the first read for as long as the file stays open: one version per open.
+            node = of.node
+            of.reading = ReadState(node.container, node.key, node.etag, node.size)
+        return await self.reader.read(of.reading, offset, size)
 
     async def write(self, fh: int, offset: int, buf: bytes) -> int:
         """Write ``buf`` at ``offset`` into the staging copy."""

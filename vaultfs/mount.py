@@ -20,12 +20,14 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import attrs, registry, runtime
+from . import attrs, metrics, registry, runtime
 from .backend import Backend
+from .cache import BlockCache
 from .config import ResolvedBackend, Settings
 from .files import Files
 from .fs import FsOptions, Operations
 from .namespace import Namespace
+from .reader import Reader
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +112,12 @@ def build(plan: MountPlan) -> tuple[Operations, Files, Backend]:
     driver = registry.create(plan.backend)
     backend = Backend(plan.name, driver, workers=s.workers, timeout=s.timeout, retries=s.retries)
     ns = Namespace(backend, plan.defaults, attr_ttl=s.attr_ttl, dir_ttl=s.dir_ttl)
-    files = Files(ns, backend, plan.staging_dir)
+    cache = None
+    if s.cache_enabled and driver.cacheable:
+        cache = BlockCache(Path(s.cache_dir) / "blocks" / plan.name, s.cache_size, s.cache_min_free)
+        metrics.CACHE_BUDGET_BYTES.labels(plan.name).set(s.cache_size)
+    reader = Reader(backend, cache, s.cache_block_size, s.read_ahead_max)
+    files = Files(ns, backend, reader, plan.staging_dir)
     # The kernel's own entry/attribute caches must not outlive ours.
     fs_options = FsOptions(
         attr_ttl=min(s.attr_ttl, s.dir_ttl), rename_limit=s.rename_limit, read_only=s.read_only
@@ -121,6 +128,7 @@ def build(plan: MountPlan) -> tuple[Operations, Files, Backend]:
 
 async def _serve(files: Files, backend: Backend) -> None:
     async with trio.open_nursery() as nursery:
+        files.reader.start(nursery)
         nursery.start_soon(_stop_on_signal, files)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()

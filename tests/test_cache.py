@@ -1,0 +1,201 @@
+"""The block cache and the reader, with a driver that counts its calls."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import trio
+
+from drivers.memory import MemoryDriver
+from vaultfs.backend import Backend
+from vaultfs.cache import BlockCache, BlockKey
+from vaultfs.reader import Reader, ReadState
+
+BS = 64 * 1024
+
+
+class CountingDriver(MemoryDriver):
+    """A memory driver that counts ranged gets and can make them slow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets: list[tuple[str, int, int | None]] = []
+        self.delay = 0.0
+
+    def get(self, container: str, artifact: str, offset: int = 0, length: int | None = None) -> IO[bytes]:
+        self.gets.append((artifact, offset, length))
+        if self.delay:
+            time.sleep(self.delay)
+        return super().get(container, artifact, offset, length)
+
+
+def key(index: int, version: str = "v1", artifact: str = "a") -> BlockKey:
+    return BlockKey("b", "c", artifact, version, index, BS)
+
+
+def test_put_get_and_miss(tmp_path: Path) -> None:
+    cache = BlockCache(tmp_path, budget=10 * BS)
+    assert cache.get(key(0)) is None
+    cache.put(key(0), b"x" * BS)
+    assert cache.get(key(0)) == b"x" * BS
+    assert (cache.stats.hits, cache.stats.misses) == (1, 1)
+
+
+def test_other_version_or_artifact_is_a_miss(tmp_path: Path) -> None:
+    cache = BlockCache(tmp_path, budget=10 * BS)
+    cache.put(key(0), b"old")
+    assert cache.get(key(0, version="v2")) is None
+    assert cache.get(key(0, artifact="other")) is None
+    assert cache.get(key(1)) is None
+
+
+def test_lru_eviction_keeps_the_budget(tmp_path: Path) -> None:
+    cache = BlockCache(tmp_path, budget=3 * (BS + 200))
+    for i in range(3):
+        cache.put(key(i), bytes([i]) * BS)
+    assert cache.get(key(0)) is not None  # 0 is now the most recently used
+    cache.put(key(3), b"3" * BS)
+    assert cache.get(key(1)) is None  # the least recently used went first
+    assert cache.get(key(0)) is not None
+    assert cache.stats.evictions == 1
+    on_disk = sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file())
+    assert on_disk == cache.stats.bytes <= 3 * (BS + 200)
+
+
+def test_restart_reuses_valid_blocks(tmp_path: Path) -> None:
+    first = BlockCache(tmp_path, budget=10 * BS)
+    first.put(key(0), b"kept")
+    (tmp_path / "ab").mkdir(exist_ok=True)
+    (tmp_path / "ab" / "leftover.1234.tmp").write_bytes(b"half")  # an interrupted write
+    second = BlockCache(tmp_path, budget=10 * BS)
+    assert second.get(key(0)) == b"kept"
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_corrupt_and_foreign_blocks_are_misses_and_removed(tmp_path: Path) -> None:
+    cache = BlockCache(tmp_path, budget=10 * BS)
+    cache.put(key(0), b"a" * 1000)
+    cache.put(key(1), b"b" * 1000)
+    path0 = next(p for p in tmp_path.rglob(key(0).file_name()))
+    raw = bytearray(path0.read_bytes())
+    raw[-1] ^= 0xFF
+    path0.write_bytes(bytes(raw))
+    path1 = next(p for p in tmp_path.rglob(key(1).file_name()))
+    name2 = key(2).file_name()
+    (tmp_path / name2[:2]).mkdir(exist_ok=True)
+    os.replace(path1, tmp_path / name2[:2] / name2)
+    reopened = BlockCache(tmp_path, budget=10 * BS)
+    assert reopened.get(key(0)) is None
+    assert not path0.exists()
+    assert reopened.get(key(2)) is None  # a file under block 2's name holding block 1's header
+    assert reopened.stats.corrupt == 2
+
+
+def run_reader(driver: CountingDriver, cache: BlockCache | None, fn: Any, read_ahead: int = 0) -> Any:
+    backend = Backend("b", driver, retries=0)
+    reader = Reader(backend, cache, BS, read_ahead, concurrency=4)
+
+    async def main() -> Any:
+        async with trio.open_nursery() as nursery:
+            reader.start(nursery)
+            result = await fn(reader)
+            nursery.cancel_scope.cancel()
+        return result
+
+    return trio.run(main)
+
+
+def stored(driver: CountingDriver, data: bytes) -> ReadState:
+    if "c" not in driver.containers():
+        driver.create_container("c")
+    info = driver.put("c", "a", io.BytesIO(data))
+    return ReadState("c", "a", info.etag, info.size)
+
+
+def test_second_read_is_served_without_driver_calls(tmp_path: Path) -> None:
+    driver = CountingDriver()
+    data = os.urandom(5 * BS + 10)
+    state = stored(driver, data)
+    cache = BlockCache(tmp_path, budget=100 * BS)
+
+    async def twice(reader: Reader) -> None:
+        assert await reader.read(state, 0, len(data)) == data
+        calls = len(driver.gets)
+        reader._memory.clear()
+        fresh = ReadState(state.container, state.artifact, state.version, state.size)
+        assert await reader.read(fresh, 0, len(data)) == data
+        assert len(driver.gets) == calls
+
+    run_reader(driver, cache, twice)
+    assert len(driver.gets) == 6
+    assert cache.stats.hits == 6
+
+
+def test_concurrent_misses_of_one_block_share_one_get(tmp_path: Path) -> None:
+    driver = CountingDriver()
+    driver.delay = 0.05
+    data = os.urandom(BS)
+    state = stored(driver, data)
+
+    async def many(reader: Reader) -> None:
+        results: list[bytes] = []
+
+        async def one(offset: int) -> None:
+            results.append(await reader.read(state, offset, 4096))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(8):
+                nursery.start_soon(one, i * 4096)
+        assert sorted(results) == sorted(data[i * 4096 : (i + 1) * 4096] for i in range(8))
+
+    run_reader(driver, None, many)
+    assert len(driver.gets) == 1
+
+
+def test_sequential_reads_fetch_ahead_random_reads_do_not(tmp_path: Path) -> None:
+    driver = CountingDriver()
+    data = os.urandom(32 * BS)
+    state = stored(driver, data)
+
+    async def sequential(reader: Reader) -> None:
+        for i in range(4):
+            assert await reader.read(state, i * BS, BS) == data[i * BS : (i + 1) * BS]
+        await trio.sleep(0.2)
+
+    run_reader(driver, BlockCache(tmp_path / "s", 100 * BS), sequential, read_ahead=8 * BS)
+    fetched = {offset // BS for _, offset, _ in driver.gets}
+    assert max(fetched) > 4, "read-ahead fetched nothing past what was read"
+
+    driver.gets.clear()
+    state2 = ReadState(state.container, state.artifact, state.version, state.size)
+
+    async def scattered(reader: Reader) -> None:
+        for i in (20, 3, 27, 9):
+            await reader.read(state2, i * BS + 5, 100)
+        await trio.sleep(0.2)
+
+    run_reader(driver, BlockCache(tmp_path / "r", 100 * BS), scattered, read_ahead=8 * BS)
+    assert sorted(offset // BS for _, offset, _ in driver.gets) == [3, 9, 20, 27]
+
+
+def test_a_new_version_does_not_use_old_blocks(tmp_path: Path) -> None:
+    driver = CountingDriver()
+    cache = BlockCache(tmp_path, budget=100 * BS)
+    old = stored(driver, b"1" * BS)
+
+    async def read_old(reader: Reader) -> None:
+        assert await reader.read(old, 0, BS) == b"1" * BS
+
+    run_reader(driver, cache, read_old)
+    new = stored(driver, b"2" * BS)
+    assert new.version != old.version
+
+    async def read_new(reader: Reader) -> None:
+        assert await reader.read(new, 0, BS) == b"2" * BS
+
+    run_reader(driver, cache, read_new)
+    assert len(driver.gets) == 2

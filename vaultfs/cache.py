@@ -1,0 +1,242 @@
+"""The on-disk block cache.
+
+Artifacts are read in fixed-size blocks.  A block is stored as one file named by
+a hash of its key (backend, container, artifact, version, index); the file
+starts with a header holding the cache format, the key itself and a checksum of
+the payload.  A block is served only if its header names exactly the key asked
+for and the payload matches the checksum: a corrupt, foreign or stale block is a
+miss, never data.  Because the version (ETag) is part of the key, a changed
+artifact simply stops finding its old blocks, which age out.
+
+The in-memory index is a ``cachetools.LRUCache`` weighted by bytes; it is
+rebuilt from the directory at start-up (oldest access first), so a remounted
+vaultfs reuses what is still valid.  Inserting past the budget evicts least
+recently used blocks and deletes their files.  The cache may exceed its budget
+only by the blocks being written at that moment.
+
+All file I/O here is blocking; callers run these methods in worker threads.
+A ``threading.Lock`` guards the index; block data is read and written outside
+it (eviction unlinks files under it, which touches no data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import struct
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cachetools
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"VFSB"
+FORMAT = 1
+# magic, format, header length, payload length, payload digest
+_HEAD = struct.Struct(">4sHI Q 32s")
+
+
+@dataclass(frozen=True)
+class BlockKey:
+    """Which bytes a block holds."""
+
+    backend: str
+    container: str
+    artifact: str
+    version: str
+    index: int
+    block_size: int
+
+    def encoded(self) -> bytes:
+        return json.dumps(
+            [self.backend, self.container, self.artifact, self.version, self.index, self.block_size],
+            ensure_ascii=False,
+        ).encode("utf-8", "surrogateescape")
+
+    def file_name(self) -> str:
+        return hashlib.sha256(self.encoded()).hexdigest()
+
+
+@dataclass
+class CacheStats:
+    """Counters since start-up, and the current size."""
+
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    corrupt: int = 0
+    bytes: int = 0
+    blocks: int = 0
+
+
+class _Index(cachetools.LRUCache[str, int]):
+    """LRU of block file names weighted by file size; evicting deletes the file."""
+
+    def __init__(self, budget: int, on_evict: Any) -> None:
+        super().__init__(maxsize=max(budget, 1), getsizeof=lambda size: size)
+        self._on_evict = on_evict
+
+    def popitem(self) -> tuple[str, int]:
+        name, size = super().popitem()
+        self._on_evict(name, size)
+        return name, size
+
+
+class BlockCache:
+    """Blocks of artifacts in ``directory`` within ``budget`` bytes, keeping ``min_free`` of the disk free."""
+
+    def __init__(self, directory: Path, budget: int, min_free: int = 0) -> None:
+        self.directory = directory
+        self.budget = budget
+        self.min_free = min_free
+        self.stats = CacheStats()
+        self._lock = threading.Lock()
+        self._puts = 0
+        directory.mkdir(parents=True, exist_ok=True)
+        found = self._scan()
+        # Our own blocks are reclaimable: only other data on the disk shrinks the budget.
+        room = shutil.disk_usage(directory).free + sum(size for _, _, size in found) - min_free
+        self._index = _Index(max(0, min(budget, room)), self._evicted)
+        for _, name, size in sorted(found):
+            self._insert(name, size)
+        if found:
+            log.info(
+                "block cache: reusing %d blocks (%d bytes) in %s",
+                self.stats.blocks,
+                self.stats.bytes,
+                directory,
+            )
+
+    def _scan(self) -> list[tuple[float, str, int]]:
+        """(access time, name, size) of every block file, oldest first; removes crash leftovers."""
+        found = []
+        for sub in os.scandir(self.directory):
+            if not sub.is_dir():
+                continue
+            for entry in os.scandir(sub.path):
+                if entry.name.endswith(".tmp"):
+                    os.unlink(entry.path)  # a write interrupted by a crash
+                    continue
+                st = entry.stat()
+                found.append((st.st_atime, entry.name, st.st_size))
+        return found
+
+    def _keep_disk_free(self) -> None:
+        """Evict until ``min_free`` bytes of the disk are free again (other data may have grown)."""
+        while shutil.disk_usage(self.directory).free < self.min_free:
+            with self._lock:
+                if not self._index:
+                    return
+                self._index.popitem()
+
+    # -- paths and index -------------------------------------------------
+    def _path(self, name: str) -> Path:
+        return self.directory / name[:2] / name
+
+    def _evicted(self, name: str, size: int) -> None:
+        self.stats.evictions += 1
+        self.stats.bytes -= size
+        self.stats.blocks -= 1
+        self._path(name).unlink(missing_ok=True)
+
+    def _insert(self, name: str, size: int) -> None:
+        if size > self._index.maxsize:
+            os.unlink(self._path(name))
+            return
+        with self._lock:
+            old = self._index.pop(name, None)
+            if old is not None:
+                self.stats.bytes -= old
+                self.stats.blocks -= 1
+            self._index[name] = size
+            self.stats.bytes += size
+            self.stats.blocks += 1
+
+    def _forget(self, name: str) -> None:
+        with self._lock:
+            size = self._index.pop(name, None)
+            if size is not None:
+                self.stats.bytes -= size
+                self.stats.blocks -= 1
+
+    # -- the interface ---------------------------------------------------
+    def get(self, key: BlockKey) -> bytes | None:
+        """The block's bytes, or ``None`` on a miss (including a corrupt, foreign or stale file)."""
+        name = key.file_name()
+        with self._lock:
+            known = self._index.get(name) is not None  # also marks it recently used
+        if not known:
+            self.stats.misses += 1
+            return None
+        try:
+            with open(self._path(name), "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            self._forget(name)
+            self.stats.misses += 1
+            return None
+        payload = self._check(raw, key)
+        if payload is None:
+            self.stats.corrupt += 1
+            self.stats.misses += 1
+            self._forget(name)
+            self._path(name).unlink(missing_ok=True)
+            return None
+        self.stats.hits += 1
+        return payload
+
+    def put(self, key: BlockKey, data: bytes) -> None:
+        """Store a block, evicting least recently used ones past the budget."""
+        encoded = key.encoded()
+        head = _HEAD.pack(
+            MAGIC, FORMAT, len(encoded), len(data), hashlib.blake2b(data, digest_size=32).digest()
+        )
+        name = key.file_name()
+        path = self._path(name)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f"{name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(head)
+                f.write(encoded)
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            log.warning("block cache: cannot store a block in %s: %s", self.directory, exc.strerror)
+            return
+        self._insert(name, len(head) + len(encoded) + len(data))
+        self._puts += 1
+        if self.min_free and self._puts % 64 == 0:
+            self._keep_disk_free()
+
+    def clear(self) -> None:
+        """Drop every block."""
+        with self._lock:
+            names = list(self._index)
+            self._index.clear()
+            self.stats.bytes = self.stats.blocks = 0
+        for name in names:
+            self._path(name).unlink(missing_ok=True)
+
+    @staticmethod
+    def _check(raw: bytes, key: BlockKey) -> bytes | None:
+        if len(raw) < _HEAD.size:
+            return None
+        magic, fmt, key_len, payload_len, digest = _HEAD.unpack_from(raw)
+        if magic != MAGIC or fmt != FORMAT:
+            return None
+        start = _HEAD.size + key_len
+        if raw[_HEAD.size : start] != key.encoded() or len(raw) != start + payload_len:
+            return None
+        payload = raw[start:]
+        if hashlib.blake2b(payload, digest_size=32).digest() != digest:
+            return None
+        return payload
