@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pyfuse3
+import trio
 
 from drivers.base import ArtifactInfo
 from drivers.errors import (
@@ -146,6 +147,10 @@ class Operations(pyfuse3.Operations):
         self.options = options
         self._dirs: dict[int, DirHandle] = {}
         self._next_dir = 1
+        self.initialized = trio.Event()
+
+    def init(self) -> None:
+        self.initialized.set()
 
     # -- helpers ---------------------------------------------------------
     def attr(self, node: Node) -> pyfuse3.EntryAttributes:

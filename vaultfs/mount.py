@@ -20,7 +20,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from . import attrs, metrics, registry, runtime
+from . import attrs, kernel, metrics, registry, runtime
 from .backend import Backend
 from .cache import BlockCache
 from .config import ResolvedBackend, Settings
@@ -126,9 +126,18 @@ def build(plan: MountPlan) -> tuple[Operations, Files, Backend]:
     return ops, files, backend
 
 
-async def _serve(files: Files, backend: Backend) -> None:
+async def _tune_kernel(ops: Operations, mountpoint: Path) -> None:
+    # The kernel sets the mount's read-ahead when it processes FUSE INIT's
+    # reply, so ours must come after that reply, not after pyfuse3.init().
+    await ops.initialized.wait()
+    await trio.sleep(0.1)
+    kernel.raise_read_ahead(mountpoint)
+
+
+async def _serve(ops: Operations, files: Files, backend: Backend, mountpoint: Path) -> None:
     async with trio.open_nursery() as nursery:
         files.reader.start(nursery)
+        nursery.start_soon(_tune_kernel, ops, mountpoint)
         nursery.start_soon(_stop_on_signal, files)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
@@ -160,7 +169,7 @@ def serve(plan: MountPlan, ready: Callable[[str | None], None]) -> int:
     log.info("mounted %s (%s) on %s", plan.name, plan.backend.driver_name, plan.mountpoint)
     ready(None)
     try:
-        trio.run(_serve, files, backend)
+        trio.run(_serve, ops, files, backend, plan.mountpoint)
     finally:
         pyfuse3.close(unmount=True)
         runtime.remove_record(record)
