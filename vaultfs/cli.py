@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from . import __version__, config, mountcmd, registry
+from . import __version__, cachecmd, config, mountcmd, registry
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +221,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "mount": Subcommand(
         "mount a backend (or a local directory) on a directory", mountcmd.run_mount, mountcmd.configure_mount
     ),
+    "cache": Subcommand("show or clear the block caches", cachecmd.run, cachecmd.configure),
     "umount": Subcommand(
         "unmount and wait for pending uploads to finish", mountcmd.run_umount, mountcmd.configure_umount
     ),

@@ -165,7 +165,9 @@ def serve(plan: MountPlan, ready: Callable[[str | None], None]) -> int:
     except Exception as exc:
         ready(f"cannot mount {plan.mountpoint}: {exc}")
         return 1
-    record = runtime.write_record(plan.name, plan.mountpoint, plan.backend.driver_name)
+    record = runtime.write_record(
+        plan.name, plan.mountpoint, plan.backend.driver_name, cache_dir=plan.settings.cache_dir
+    )
     log.info("mounted %s (%s) on %s", plan.name, plan.backend.driver_name, plan.mountpoint)
     ready(None)
     try:
