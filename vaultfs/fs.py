@@ -247,7 +247,10 @@ class Operations(pyfuse3.Operations):
         if node.is_root or node.is_container or self.files.dirty_metadata(node):
             return  # the root and containers have nowhere to keep them; a dirty file uploads them on flush
         meta = attrs.encode(node.mode, node.uid, node.gid, node.mtime_ns, node.meta)
-        if node.kind is Kind.DIR and not node.marker:
+        if node.kind is Kind.DIR:
+            # Rewriting the empty marker is cheaper than a copy in place, creates
+            # it for a directory implied only by its children, and works on
+            # servers that cannot copy keys ending in "/" (SeaweedFS).
             info = await self.backend.put_bytes(node.container, node.key, b"", metadata=meta)
             node.marker = True
         else:
