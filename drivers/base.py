@@ -111,6 +111,10 @@ class Driver(ABC):
     #: Whether a local disk cache in front of this driver can make reads faster.
     #: A driver whose data already sits on a local disk (or in memory) says no.
     cacheable: ClassVar[bool] = True
+    #: Whether ``list`` returns each artifact's metadata.  When it does not (S3),
+    #: vaultfs keeps a per-directory index of the metadata it wrote, so that a
+    #: listing does not need a request per artifact to show modes and times.
+    lists_metadata: ClassVar[bool] = False
 
     # -- artifacts -------------------------------------------------------
     @abstractmethod

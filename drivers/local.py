@@ -282,6 +282,7 @@ class LocalDriver(Driver):
 
     name = "local"
     cacheable = False
+    lists_metadata = True
     Options: ClassVar[type[Any]] = LocalOptions
 
     def __init__(self, options: LocalOptions) -> None:

@@ -21,6 +21,7 @@ class MemoryDriver(Driver):
 
     name = "memory"
     cacheable = False
+    lists_metadata = True
 
     def __init__(self, options: object | None = None) -> None:
         self._lock = threading.Lock()

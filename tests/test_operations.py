@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
 import os
@@ -19,6 +20,7 @@ from drivers import errors
 from drivers.base import ArtifactInfo
 from drivers.memory import MemoryDriver
 from vaultfs import attrs
+from vaultfs.attrindex import INDEX_NAME, AttrIndex
 from vaultfs.backend import Backend
 from vaultfs.files import Files
 from vaultfs.fs import ERRNO, FsOptions, Operations, errno_of
@@ -39,6 +41,21 @@ class FailingPuts(MemoryDriver):
         return super().put(container, artifact, stream, size, metadata)
 
 
+class ListsLikeS3(MemoryDriver):
+    """A memory driver whose listings, like S3's, carry no metadata; counts its stats."""
+
+    lists_metadata = False
+    stats = 0
+
+    def list(self, *args: Any, **kwargs: Any) -> Any:
+        for entry in super().list(*args, **kwargs):
+            yield dataclasses.replace(entry, metadata=None) if isinstance(entry, ArtifactInfo) else entry
+
+    def stat(self, container: str, artifact: str) -> ArtifactInfo:
+        self.stats += 1
+        return super().stat(container, artifact)
+
+
 class World:
     """A file system over a memory driver, plus helpers that read like shell commands."""
 
@@ -46,7 +63,8 @@ class World:
         self.driver = driver or MemoryDriver()
         self.backend = Backend("test", self.driver, retries=0, timeout=10)
         defaults = attrs.Defaults(uid=1000, gid=1000, umask=0o022)
-        self.ns = Namespace(self.backend, defaults, attr_ttl=ttl, dir_ttl=ttl)
+        self.index = None if self.driver.lists_metadata else AttrIndex(self.backend)
+        self.ns = Namespace(self.backend, defaults, attr_ttl=ttl, dir_ttl=ttl, index=self.index)
         reader = Reader(self.backend, None, block_size=64 * 1024, read_ahead_max=0)
         self.files = Files(self.ns, self.backend, reader, tmp_path / "staging")
         self.ops = Operations(self.backend, self.ns, self.files, FsOptions(attr_ttl=ttl, rename_limit=rename_limit))
@@ -320,5 +338,78 @@ def test_directory_wins_over_file(world: World) -> None:
         entries, after = await world.ns.list_page(world.ns.get(await world.ino("/b")), None)
         assert after is None
         assert [(name, e.kind.value) for name, e in entries] == [("a", "dir")]
+
+    run(main)
+
+
+def test_listings_without_metadata_use_the_attribute_index(tmp_path: Path) -> None:
+    driver = ListsLikeS3()
+    world = World(tmp_path, driver)
+
+    async def write() -> None:
+        await world.mkdir("/b")
+        await world.mkdir("/b/d")
+        await world.write_file("/b/d/f", b"data")
+        await world.ops.symlink(await world.ino("/b/d"), b"link", b"f", CTX)
+        fields = setattr_fields(update_mode=True, update_mtime=True)
+        attr = pyfuse3.EntryAttributes()
+        attr.st_mode, attr.st_mtime_ns = 0o100600, 1_500_000_000 * 10**9
+        await world.ops.setattr(await world.ino("/b/d/f"), attr, fields, None, CTX)
+        attr.st_mode = 0o040700
+        await world.ops.setattr(await world.ino("/b/d"), attr, fields, None, CTX)
+        await world.index.flush()  # type: ignore[union-attr]
+
+    run(write)
+    assert INDEX_NAME in {e.name.rsplit("/", 1)[-1] for e in driver.list("b")}
+    fresh = World(tmp_path / "again", driver)  # a new mount of the same bucket
+    driver.stats = 0
+
+    async def list_again() -> None:
+        top = fresh.ns.get(await fresh.ino("/b"))
+        entries, _ = await fresh.ns.list_page(top, None)
+        assert [n for n, _ in entries] == ["d"]
+        assert stat.S_IMODE(attrs.mode_of(entries[0][1].meta, 0)) == 0o700
+        d = fresh.ns.get(await fresh.ino("/b/d"))
+        listed = dict((await fresh.ns.list_page(d, None))[0])
+        assert set(listed) == {"f", "link"}
+        assert listed["link"].kind.value == "link"
+        assert stat.S_IMODE(attrs.mode_of(listed["f"].meta, 0)) == 0o600
+        assert attrs.mtime_ns_of(listed["f"].meta, 0) == 1_500_000_000 * 10**9
+
+    run(list_again)
+    assert driver.stats <= 2  # the lookups of /b and /b/d, never one per listed file
+
+
+def test_a_file_replaced_by_another_client_does_not_get_stale_attributes(tmp_path: Path) -> None:
+    driver = ListsLikeS3()
+    world = World(tmp_path, driver)
+
+    async def main() -> None:
+        await world.mkdir("/b")
+        await world.write_file("/b/f", b"mine")
+        await world.index.flush()  # type: ignore[union-attr]
+        driver.put("b", "f", io.BytesIO(b"theirs"))
+        entries = dict((await world.ns.list_page(world.ns.get(await world.ino("/b")), None))[0])
+        assert entries["f"].meta is None  # the index's ETag no longer matches
+
+    run(main)
+
+
+def test_rmdir_removes_the_attribute_index(tmp_path: Path) -> None:
+    driver = ListsLikeS3()
+    world = World(tmp_path, driver)
+
+    async def main() -> None:
+        await world.mkdir("/b")
+        await world.mkdir("/b/d")
+        await world.write_file("/b/d/f", b"x")
+        await world.index.flush()  # type: ignore[union-attr]
+        d = await world.ino("/b/d")
+        await world.ops.unlink(d, b"f", CTX)
+        await world.index.flush()  # type: ignore[union-attr]
+        await world.ops.rmdir(await world.ino("/b"), b"d", CTX)
+        await world.index.flush()  # type: ignore[union-attr]
+        await world.ops.rmdir(ROOT_INODE, b"b", CTX)
+        assert driver.containers() == []
 
     run(main)

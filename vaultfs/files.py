@@ -190,6 +190,7 @@ class Files:
                 raise
             of.dirty = False
             node.etag, node.size, node.meta = info.etag, info.size, meta
+            self.ns.record(node)
             self._kernel_etag[node.ino] = info.etag
 
     async def release(self, fh: int) -> None:

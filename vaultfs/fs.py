@@ -34,6 +34,7 @@ from drivers.errors import (
 )
 
 from . import attrs, metrics
+from .attrindex import INDEX_NAME
 from .backend import Backend
 from .files import Files, is_write_flags
 from .namespace import Entry, Kind, Namespace, Node
@@ -257,6 +258,7 @@ class Operations(pyfuse3.Operations):
             info = await self.backend.update_metadata(node.container, node.key, meta)
         node.meta = meta
         node.etag = info.etag or node.etag
+        self.ns.record(node)
 
     @operation
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -331,6 +333,7 @@ class Operations(pyfuse3.Operations):
             node = self.ns.remember(
                 parent, sname, Entry(Kind.DIR, 0, info.mtime, info.etag, meta, marker=True)
             )
+            self.ns.record(node)
         self.ns.lookup_ref(node)
         return self.attr(node)
 
@@ -341,12 +344,14 @@ class Operations(pyfuse3.Operations):
         node = await self._child(parent, name)
         if node.kind is not Kind.DIR:
             raise Fail(errno.ENOTDIR)
+        if not await self.ns.is_empty(node):
+            raise Fail(errno.ENOTEMPTY)
+        await self.backend.delete(node.container, node.key + INDEX_NAME)
         if parent.is_root:
             await self.backend.delete_container(node.container)
         else:
-            if not await self.ns.is_empty(node):
-                raise Fail(errno.ENOTEMPTY)
             await self.backend.delete(node.container, node.key)
+            self.ns.record_gone(node.container, node.key)
         self.ns.forget_name(parent, os.fsdecode(name))
         self.ns.invalidate(node)
 
@@ -391,6 +396,7 @@ class Operations(pyfuse3.Operations):
         meta = attrs.encode(stat.S_IFLNK | 0o777, ctx.uid, ctx.gid, time.time_ns())
         info = await self.backend.put_bytes(parent.container, key, target, metadata=meta)
         node = self.ns.remember(parent, sname, Entry(Kind.LINK, info.size, info.mtime, info.etag, meta))
+        self.ns.record(node)
         self.ns.lookup_ref(node)
         return self.attr(node)
 
@@ -440,6 +446,7 @@ class Operations(pyfuse3.Operations):
             raise Fail(errno.EISDIR)
         self.files.discard(node)
         await self.backend.delete(node.container, node.key)
+        self.ns.record_gone(node.container, node.key)
         self.ns.forget_name(parent, os.fsdecode(name))
 
     # -- rename ----------------------------------------------------------
@@ -471,24 +478,26 @@ class Operations(pyfuse3.Operations):
                 raise Fail(errno.ENOTDIR)
             if dst.kind is Kind.DIR and not await self.ns.is_empty(dst):
                 raise Fail(errno.ENOTEMPTY)
+        old_container, old_key = src.container, src.key
         if src.kind is Kind.DIR:
             await self._rename_dir(src, new_parent, new_name)
-            if dst is not None and dst.marker:
-                pass  # the copied marker replaced it
         else:
             await self.files.flush_node(src)
             new_key = new_parent.child_key(new_name, src.kind)
             if dst is not None and dst.kind is Kind.DIR:
                 await self.backend.delete(dst.container, dst.key)
-            await self.backend.copy(src.container, src.key, new_parent.container, new_key)
+            info = await self.backend.copy(src.container, src.key, new_parent.container, new_key)
             await self.backend.delete(src.container, src.key)
-            self.ns.moved(src, new_parent.container, new_key)
+            src.etag = info.etag
+        self.ns.record_gone(old_container, old_key)
+        self.ns.moved(src, new_parent.container, new_parent.child_key(new_name, src.kind))
         self.ns.forget_name(old_parent, os.fsdecode(name_old))
         self.ns.remember(
             new_parent,
             new_name,
             Entry(src.kind, src.size, src.mtime_ns / 1e9, src.etag, src.meta, marker=src.marker),
         )
+        self.ns.record(src)
 
     async def _rename_dir(self, src: Node, new_parent: Node, new_name: str) -> None:
         """Copy every artifact below ``src`` to the new prefix, then delete the old ones."""

@@ -28,6 +28,7 @@ from drivers.base import ArtifactInfo, Prefix
 from drivers.errors import NotFound
 
 from . import attrs
+from .attrindex import INDEX_NAME, AttrIndex
 from .backend import Backend
 from .tasks import run_all
 
@@ -82,6 +83,7 @@ class Node:
     lookups: int = 0
     opens: int = 0
     children: dict[str, Entry] | None = None
+    attr_index: dict[str, tuple[str, dict[str, str]]] | None = None
     children_expires: float = 0.0
     negative: dict[str, float] = field(default_factory=dict)
 
@@ -105,8 +107,16 @@ def _valid_segment(name: str) -> bool:
 class Namespace:
     """The inode table and attribute/listing caches, over a :class:`Backend`."""
 
-    def __init__(self, backend: Backend, defaults: attrs.Defaults, attr_ttl: float, dir_ttl: float) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        defaults: attrs.Defaults,
+        attr_ttl: float,
+        dir_ttl: float,
+        index: AttrIndex | None = None,
+    ) -> None:
         self.backend = backend
+        self.index = index
         self.defaults = defaults
         self.attr_ttl = attr_ttl
         self.dir_ttl = dir_ttl
@@ -174,6 +184,16 @@ class Namespace:
         node.marker = entry.marker
         node.expires = time.monotonic() + self.attr_ttl
 
+    def record(self, node: Node) -> None:
+        """Put ``node``'s current metadata in its directory's attribute index, if the backend uses one."""
+        if self.index is not None and not node.is_container and not node.is_root:
+            self.index.record(node.container, node.key, node.etag, node.meta)
+
+    def record_gone(self, container: str, key: str) -> None:
+        """Drop a removed artifact or directory from its directory's attribute index."""
+        if self.index is not None:
+            self.index.record(container, key, "", None)
+
     def remember(self, parent: Node, name: str, entry: Entry) -> Node:
         """Record a child the file system just created or changed, and return its node."""
         parent.negative.pop(name, None)
@@ -192,6 +212,7 @@ class Namespace:
     def invalidate(self, node: Node) -> None:
         """Forget a directory's cached listing, e.g. after renaming into it."""
         node.children = None
+        node.attr_index = None
         node.negative.clear()
 
     def moved(self, node: Node, container: str, key: str) -> None:
@@ -345,6 +366,7 @@ class Namespace:
             start_after=None if after is None else node.key + after,
             limit=PAGE,
         )
+        known = await self._dir_index(node, after is None)
         out: dict[str, Entry] = {}
         for item in items:
             name = item.name[len(node.key) :]
@@ -360,12 +382,14 @@ class Namespace:
                         node.key + seg,
                     )
                 out[seg] = Entry(Kind.DIR)
-            elif name == "":
-                continue  # this directory's own marker
+            elif name in ("", INDEX_NAME):
+                continue  # this directory's own marker, or vaultfs's attribute index
             elif not _valid_segment(name):
                 log.warning("skipping %s/%s: not representable as a path", node.container, item.name)
             elif name not in out:
                 out[name] = self._entry_of(item)
+        for name, entry in out.items():
+            self._apply_index(known, name, entry)
         if len(items) < PAGE:
             return list(out.items()), None
         last = items[-1]
@@ -381,10 +405,29 @@ class Namespace:
             node.children_expires = time.monotonic() + self.dir_ttl
             node.negative.clear()
 
+    async def _dir_index(self, node: Node, reload: bool) -> dict[str, tuple[str, dict[str, str]]]:
+        """The attribute index of directory ``node`` (read again when a listing starts over)."""
+        if self.index is None:
+            return {}
+        if reload or node.attr_index is None:
+            node.attr_index = await self.index.load(node.container, node.key)
+        return node.attr_index
+
+    @staticmethod
+    def _apply_index(known: dict[str, tuple[str, dict[str, str]]], name: str, entry: Entry) -> None:
+        if entry.meta is not None:
+            return
+        recorded = known.get(name + "/" if entry.kind is Kind.DIR else name)
+        if recorded is None:
+            return
+        etag, meta = recorded
+        if entry.kind is Kind.DIR or etag == entry.etag:
+            entry.meta = meta
+            if entry.kind is Kind.FILE and attrs.is_symlink(meta):
+                entry.kind = Kind.LINK
+
     async def is_empty(self, node: Node) -> bool:
-        """Whether directory ``node`` has no children (its own marker aside)."""
-        if node.is_container:
-            items = await self.backend.list_page(node.container, limit=1)
-            return not items
-        items = await self.backend.list_page(node.container, prefix=node.key, limit=2)
-        return all(item.name == node.key for item in items)
+        """Whether directory ``node`` has no children (its own marker and attribute index aside)."""
+        ours = (node.key, node.key + INDEX_NAME)
+        items = await self.backend.list_page(node.container, prefix=node.key, limit=3)
+        return all(item.name in ours for item in items)
