@@ -47,7 +47,9 @@ class Mount:
         deadline = time.monotonic() + timeout
         while not is_mounted(self.mountpoint):
             if self.proc.poll() is not None:
-                raise RuntimeError(f"vaultfs exited with {self.proc.returncode} before mounting:\n{self.log()}")
+                raise RuntimeError(
+                    f"vaultfs exited with {self.proc.returncode} before mounting:\n{self.log()}"
+                )
             if time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"no mount on {self.mountpoint} after {timeout}s:\n{self.log()}")
@@ -66,7 +68,10 @@ class Mount:
             if not is_mounted(self.mountpoint):
                 break
             flag = "-uz" if lazy else "-u"
-            if subprocess.run(["fusermount3", flag, str(self.mountpoint)], capture_output=True).returncode == 0:
+            if (
+                subprocess.run(["fusermount3", flag, str(self.mountpoint)], capture_output=True).returncode
+                == 0
+            ):
                 break
             time.sleep(0.5)
         if self.proc is None:

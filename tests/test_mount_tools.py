@@ -65,14 +65,21 @@ def make_s3(tmp_path: Path, mount_factory: MountFactory, s3_options: dict[str, o
     driver.create_container(bucket)
     config = tmp_path / "config.yaml"
     lines = ["backends:", "  - name: s3test", "    driver: s3", "    config:"]
-    lines += [f"      {k}: {v!r}" if isinstance(v, str) else f"      {k}: {str(v).lower()}" for k, v in s3_options.items()]
+    lines += [
+        f"      {k}: {v!r}" if isinstance(v, str) else f"      {k}: {str(v).lower()}"
+        for k, v in s3_options.items()
+    ]
     config.write_text("\n".join(lines) + "\n")
     m = mount_factory(
         "s3test",
-        "--config", str(config),
-        "--cache-dir", str(tmp_path / "cache"),
-        "--attr-ttl", TTL,
-        "--dir-ttl", TTL,
+        "--config",
+        str(config),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--attr-ttl",
+        TTL,
+        "--dir-ttl",
+        TTL,
     )
     return Tree(m, m.mountpoint / bucket, driver, bucket)
 
@@ -208,9 +215,19 @@ def test_chmod_chown_touch_persist(tree: Tree) -> None:
     os.chown(path, 1234, 5678)
     os.utime(path, (1_600_000_000, 1_600_000_000))
     st = os.stat(path)
-    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, int(st.st_mtime)) == (0o600, 1234, 5678, 1_600_000_000)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, int(st.st_mtime)) == (
+        0o600,
+        1234,
+        5678,
+        1_600_000_000,
+    )
     meta = tree.driver.stat(tree.container, "m.txt").metadata or {}
-    assert (meta["mode"], meta["uid"], meta["gid"], meta["mtime"]) == (str(0o100600), "1234", "5678", "1600000000")
+    assert (meta["mode"], meta["uid"], meta["gid"], meta["mtime"]) == (
+        str(0o100600),
+        "1234",
+        "5678",
+        "1600000000",
+    )
 
 
 def test_symlinks_hard_links_and_fifos(tree: Tree) -> None:
@@ -233,7 +250,9 @@ def test_other_clients_changes_show_after_the_ttl(tree: Tree) -> None:
     tree.put("fresh.txt", b"new")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if (tree.root / "shared.txt").read_text() == "theirs, and longer" and (tree.root / "fresh.txt").exists():
+        if (tree.root / "shared.txt").read_text() == "theirs, and longer" and (
+            tree.root / "fresh.txt"
+        ).exists():
             break
         time.sleep(0.2)
     assert (tree.root / "shared.txt").read_text() == "theirs, and longer"

@@ -35,7 +35,9 @@ class FailingPuts(MemoryDriver):
 
     failing = False
 
-    def put(self, container: str, artifact: str, stream: Any, size: Any = None, metadata: Any = None) -> ArtifactInfo:
+    def put(
+        self, container: str, artifact: str, stream: Any, size: Any = None, metadata: Any = None
+    ) -> ArtifactInfo:
         if self.failing:
             raise errors.Unavailable("backend down")
         return super().put(container, artifact, stream, size, metadata)
@@ -59,7 +61,9 @@ class ListsLikeS3(MemoryDriver):
 class World:
     """A file system over a memory driver, plus helpers that read like shell commands."""
 
-    def __init__(self, tmp_path: Path, driver: MemoryDriver | None = None, ttl: float = 0.0, rename_limit: int = 100):
+    def __init__(
+        self, tmp_path: Path, driver: MemoryDriver | None = None, ttl: float = 0.0, rename_limit: int = 100
+    ):
         self.driver = driver or MemoryDriver()
         self.backend = Backend("test", self.driver, retries=0, timeout=10)
         defaults = attrs.Defaults(uid=1000, gid=1000, umask=0o022)
@@ -67,7 +71,9 @@ class World:
         self.ns = Namespace(self.backend, defaults, attr_ttl=ttl, dir_ttl=ttl, index=self.index)
         reader = Reader(self.backend, None, block_size=64 * 1024, read_ahead_max=0)
         self.files = Files(self.ns, self.backend, reader, tmp_path / "staging")
-        self.ops = Operations(self.backend, self.ns, self.files, FsOptions(attr_ttl=ttl, rename_limit=rename_limit))
+        self.ops = Operations(
+            self.backend, self.ns, self.files, FsOptions(attr_ttl=ttl, rename_limit=rename_limit)
+        )
         self.staging = tmp_path / "staging"
 
     async def ino(self, path: str) -> int:
@@ -201,7 +207,11 @@ def test_chmod_chown_utimens_are_kept_in_metadata(world: World) -> None:
         assert meta["mtime"] == "1600000000"
         assert meta[attrs.MTIME_NS] == "1600000000123456789"
         got = await world.ops.getattr(ino, CTX)
-        assert (stat.S_IMODE(got.st_mode), got.st_uid, got.st_mtime_ns) == (0o751, 42, 1_600_000_000_123_456_789)
+        assert (stat.S_IMODE(got.st_mode), got.st_uid, got.st_mtime_ns) == (
+            0o751,
+            42,
+            1_600_000_000_123_456_789,
+        )
 
     run(main)
 
@@ -209,10 +219,16 @@ def test_chmod_chown_utimens_are_kept_in_metadata(world: World) -> None:
 def test_other_tools_metadata_is_read(world: World) -> None:
     async def main() -> None:
         world.driver.create_container("b")
-        world.driver.put("b", "s3fs", io.BytesIO(b"x"), metadata={"mode": "33261", "uid": "7", "mtime": "1500000000"})
+        world.driver.put(
+            "b", "s3fs", io.BytesIO(b"x"), metadata={"mode": "33261", "uid": "7", "mtime": "1500000000"}
+        )
         world.driver.put("b", "rclone", io.BytesIO(b"x"), metadata={"mtime": "2020-01-02T03:04:05.5Z"})
         s3fs = await world.ops.getattr(await world.ino("/b/s3fs"), CTX)
-        assert (stat.S_IMODE(s3fs.st_mode), s3fs.st_uid, s3fs.st_mtime_ns) == (0o755, 7, 1_500_000_000 * 10**9)
+        assert (stat.S_IMODE(s3fs.st_mode), s3fs.st_uid, s3fs.st_mtime_ns) == (
+            0o755,
+            7,
+            1_500_000_000 * 10**9,
+        )
         rclone = await world.ops.getattr(await world.ino("/b/rclone"), CTX)
         assert rclone.st_mtime_ns == 1_577_934_245_500_000_000
         assert rclone.st_uid == 1000  # the mount's default
