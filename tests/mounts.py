@@ -40,10 +40,9 @@ class Mount:
 
     def start(self, timeout: float = 30.0) -> Mount:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
         cmd = [VAULTFS, "mount", self.source, str(self.mountpoint), "--foreground", *self.args]
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while not is_mounted(self.mountpoint):
             if self.proc.poll() is not None:

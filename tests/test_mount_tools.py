@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import io
 import os
 import stat
@@ -15,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from mounts import Mount, MountFactory
 
 from drivers.base import Driver
 from drivers.local import LocalDriver
-from mounts import Mount, MountFactory
 
 pytestmark = pytest.mark.mount
 
