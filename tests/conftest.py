@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-pytest_plugins = ["s3server"]
+pytest_plugins = ["s3server", "mounts"]
