@@ -70,6 +70,12 @@ class Files:
     def __len__(self) -> int:
         return len(self._handles)
 
+    def start(self, nursery: trio.Nursery) -> None:
+        """Start read-ahead and the attribute index's writer in ``nursery``."""
+        self.reader.start(nursery)
+        if self.ns.index is not None:
+            nursery.start_soon(self.ns.index.run)
+
     # -- opening ---------------------------------------------------------
     def _attach(self, node: Node) -> int:
         of = self._by_ino.get(node.ino)
@@ -239,7 +245,7 @@ class Files:
             await self.flush(fh)
 
     async def flush_all(self) -> int:
-        """Upload every dirty file; return how many still failed."""
+        """Upload every dirty file and the pending attribute index; return how many files failed."""
         failed = 0
         for fh, of in list(self._handles.items()):
             if of.dirty:
@@ -247,6 +253,8 @@ class Files:
                     await self.flush(fh)
                 except Exception:
                     failed += 1
+        if self.ns.index is not None:
+            await self.ns.index.flush()
         return failed
 
 

@@ -514,7 +514,7 @@ class Operations(pyfuse3.Operations):
                 await self.files.flush_node(open_node)
         container = new_parent.container
         await run_all(
-            functools.partial(self.backend.copy, src.container, n, container, new_key + n[len(src.key) :])
+            functools.partial(self._copy_entry, src.container, n, container, new_key + n[len(src.key) :])
             for n in names
         )
         # Files first, then directory markers deepest first: a file-backed store
@@ -527,6 +527,18 @@ class Operations(pyfuse3.Operations):
             await self.backend.delete(src.container, marker)
         self.ns.move_tree(src.container, src.key, container, new_key)
         self.ns.invalidate(src)
+
+    async def _copy_entry(self, container: str, key: str, new_container: str, new_key: str) -> None:
+        if not key.endswith("/"):
+            await self.backend.copy(container, key, new_container, new_key)
+            return
+        # A directory marker is rewritten rather than copied: it is empty, and some
+        # servers (SeaweedFS) cannot copy keys ending in "/".
+        try:
+            meta = (await self.backend.stat(container, key)).metadata
+        except NotFound:
+            meta = None
+        await self.backend.put_bytes(new_container, new_key, b"", metadata=meta)
 
     # -- extended attributes -----------------------------------------------
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:

@@ -389,6 +389,7 @@ class Namespace:
             elif name not in out:
                 out[name] = self._entry_of(item)
         for name, entry in out.items():
+            self._complete_from_memory(node, name, entry)
             self._apply_index(known, name, entry)
         if len(items) < PAGE:
             return list(out.items()), None
@@ -412,6 +413,17 @@ class Namespace:
         if reload or node.attr_index is None:
             node.attr_index = await self.index.load(node.container, node.key)
         return node.attr_index
+
+    def _complete_from_memory(self, parent: Node, name: str, entry: Entry) -> None:
+        """Fill a listed entry lacking metadata from the node we already hold for it, if still current."""
+        if entry.meta is not None:
+            return
+        for kind in (Kind.DIR,) if entry.kind is Kind.DIR else (Kind.FILE, Kind.LINK):
+            known = self.find(parent.container, parent.child_key(name, kind))
+            current = known is not None and (kind is Kind.DIR or known.etag == entry.etag)
+            if current and known is not None and known.meta is not None:
+                entry.meta, entry.kind = known.meta, known.kind
+                return
 
     @staticmethod
     def _apply_index(known: dict[str, tuple[str, dict[str, str]]], name: str, entry: Entry) -> None:
