@@ -8,7 +8,7 @@ DEV_VENV := .venv
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv rsync git
 PYTEST_ARGS ?=
 
-.PHONY: deps install mount test dev lint
+.PHONY: deps install mount test test-deps dev lint
 
 # System packages pyfuse3 needs to build and run (Debian/Ubuntu); skipped when present.
 deps:
@@ -39,7 +39,13 @@ dev: deps
 	$(DEV_VENV)/bin/pip install -q --upgrade pip
 	$(DEV_VENV)/bin/pip install -q -e '.[test,dev]' -e examples/vaultfs-sqlite-driver
 
-test: dev
+# tests/test_systemd.py checks the unit files with systemd-analyze verify and the fstab generator
+# (package systemd; PID 1 need not be systemd).
+test-deps:
+	@command -v systemd-analyze >/dev/null 2>&1 || { echo "installing: systemd"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; }
+
+test: dev test-deps
 	$(DEV_VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: dev

@@ -1,7 +1,10 @@
 """Runtime records: one small JSON file per running mount, so other commands find it.
 
 ``vaultfs umount`` reads the daemon's pid from here to wait for it to finish;
-``vaultfs status`` lists every record whose process is alive.
+``vaultfs status`` lists every record whose process is alive, and reaches the
+daemon's HTTP listener at the record's ``metrics`` address (``HOST:PORT``, or
+absent when the listener is off).  ``$VAULTFS_RUNTIME_DIR`` overrides the
+directory, for tests and for several independent set-ups on one machine.
 """
 
 from __future__ import annotations
@@ -13,9 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+#: The environment variable that overrides :func:`runtime_dir`.
+ENV_VAR = "VAULTFS_RUNTIME_DIR"
+
 
 def runtime_dir() -> Path:
-    """``/run/vaultfs`` for root, the user's runtime directory otherwise."""
+    """``$VAULTFS_RUNTIME_DIR``, else ``/run/vaultfs`` for root, the user's runtime directory otherwise."""
+    override = os.environ.get(ENV_VAR)
+    if override:
+        return Path(override)
     if os.geteuid() == 0:
         return Path("/run/vaultfs")
     base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/vaultfs-{os.geteuid()}"
@@ -57,12 +66,19 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A killed daemon whose parent never reaps it (a container's PID 1 may not)
+    # stays a zombie, which signal 0 still finds.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
 
 
 def records() -> list[dict[str, Any]]:
     """Every record whose daemon is still running (stale ones are removed)."""
-    out = []
+    out: list[dict[str, Any]] = []
     directory = runtime_dir()
     if not directory.is_dir():
         return out
