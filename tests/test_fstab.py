@@ -25,7 +25,8 @@ from mounts import VAULTFS, is_mounted
 from test_http import service_env, wait_until  # noqa: F401 -- service_env is a fixture
 
 from vaultfs import runtime
-from vaultfs.cli import mount8_argv
+from vaultfs.cli import SUBCOMMANDS
+from vaultfs.mountcmd import mount8_argv, take_config_option
 
 pytestmark = pytest.mark.mount
 
@@ -36,17 +37,9 @@ pytestmark = pytest.mark.mount
     [
         (
             ["photos", "/mnt/p", "-o", "rw,config=/etc/v.yaml,allow_other,dev,suid"],
-            ["mount", "photos", "/mnt/p", "--config", "/etc/v.yaml", "-o", "rw,allow_other,dev,suid"],
+            ["mount", "photos", "/mnt/p", "-o", "rw,config=/etc/v.yaml,allow_other,dev,suid"],
         ),
         (["photos", "/mnt/p"], ["mount", "photos", "/mnt/p"]),
-        (
-            ["photos", "/mnt/p", "-oconfig=/a\\,b.yaml"],
-            ["mount", "photos", "/mnt/p", "--config", "/a,b.yaml"],
-        ),
-        (
-            ["photos", "/mnt/p", "-o", "ro", "-o", "umask=077"],
-            ["mount", "photos", "/mnt/p", "-o", "ro", "-o", "umask=077"],
-        ),
         # Subcommands and options are left alone.
         (["mount", "photos", "/mnt/p", "-o", "config=x"], ["mount", "photos", "/mnt/p", "-o", "config=x"]),
         (["status"], ["status"]),
@@ -59,7 +52,19 @@ pytestmark = pytest.mark.mount
     ],
 )
 def test_mount8_argv(argv: list[str], expected: list[str]) -> None:
-    assert mount8_argv(argv) == expected
+    assert mount8_argv(argv, list(SUBCOMMANDS)) == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "kept", "path"),
+    [
+        (["rw,config=/etc/v.yaml,allow_other"], ["rw,allow_other"], "/etc/v.yaml"),
+        (["config=/a\\,b.yaml"], [], "/a,b.yaml"),
+        (["ro", "umask=077"], ["ro", "umask=077"], None),
+    ],
+)
+def test_config_option_is_taken_out_of_o(values: list[str], kept: list[str], path: str | None) -> None:
+    assert take_config_option(values) == (kept, path)
 
 
 # -- a private mount namespace --------------------------------------------------------

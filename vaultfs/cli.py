@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import logging
 import os
-import re
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TextIO
 
 from . import __version__, cachecmd, config, logs, mountcmd, registry, status
@@ -200,147 +197,6 @@ def _run_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# -- vaultfs mount / umount: additions for systemd and mount(8) -----------------
-# vaultfs.mountcmd holds these commands; the wrappers below add what services
-# need: a backend's configured mountpoint instead of MOUNTPOINT (the template
-# unit knows only the backend's name) and the clean-up of a dead mount.
-
-
-def _configured_mountpoint(config_path: str | None, source: str) -> str:
-    """The ``mountpoint:`` of backend ``source`` in the configuration; ConfigError if it has none."""
-    cfg = config.Config.load(config_path)
-    backend = cfg.backend(source)
-    if not backend.mountpoint:
-        raise config.ConfigError(
-            cfg.source,
-            f"backend {source!r} has no mountpoint: give MOUNTPOINT, or set it in the configuration",
-            key=f"backends[{cfg.names.index(source)}].mountpoint",
-        )
-    return backend.mountpoint
-
-
-def _optional_mountpoint(parser: argparse.ArgumentParser, help_text: str) -> None:
-    # The positional comes from mountcmd; make it optional in place.
-    for action in parser._actions:
-        if action.dest == "mountpoint":
-            action.nargs = "?"
-            action.required = False
-            action.default = None
-            action.help = help_text
-
-
-def _configure_mount(parser: argparse.ArgumentParser) -> None:
-    mountcmd.configure_mount(parser)
-    _optional_mountpoint(
-        parser, "an empty directory to mount on (default: the backend's configured mountpoint)"
-    )
-
-
-def _run_mount(args: argparse.Namespace) -> int:
-    # "-o config=PATH" is how mount(8) and fstab name the file; accept it here too.
-    args.mount_options, config_path = take_config_option(args.mount_options)
-    if config_path is not None:
-        args.config = config_path
-    if args.mountpoint is None:
-        if "/" in args.source or os.path.isdir(args.source):
-            print("vaultfs: mounting a directory needs a MOUNTPOINT", file=sys.stderr)
-            return EXIT_USAGE
-        args.mountpoint = _configured_mountpoint(args.config, args.source)
-    return mountcmd.run_mount(args)
-
-
-def _configure_umount(parser: argparse.ArgumentParser) -> None:
-    mountcmd.configure_umount(parser)
-    for action in parser._actions:
-        if action.dest == "mountpoint":
-            action.help = "the mountpoint, or the name of a backend with a configured mountpoint"
-    add_config_argument(parser)
-    parser.add_argument(
-        "--dead-only",
-        action="store_true",
-        help="only clean up a dead mount (its daemon exited); succeed when there is none "
-        "(for ExecStartPre= in the systemd unit)",
-    )
-
-
-def _run_umount(args: argparse.Namespace) -> int:
-    target = args.mountpoint
-    if not os.path.isabs(target) and not os.path.isdir(target) and "/" not in target:
-        args.mountpoint = _configured_mountpoint(args.config, target)
-    if not args.dead_only:
-        return mountcmd.run_umount(args)
-    from .mount import MountError, clean_dead_mount
-
-    try:
-        done = clean_dead_mount(Path(os.path.abspath(args.mountpoint)))
-    except MountError as exc:
-        print(f"vaultfs: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    if done:
-        print(f"vaultfs: {done}", file=sys.stderr)
-    return EXIT_OK
-
-
-def _split_options(text: str) -> list[str]:
-    # Commas separate options unless escaped as "\,", the libfuse convention.
-    return [item for item in re.split(r"(?<!\\),", text) if item]
-
-
-def take_config_option(values: Sequence[str]) -> tuple[list[str], str | None]:
-    """``-o`` values without their ``config=PATH`` items, and the last such PATH (None if none)."""
-    kept_values: list[str] = []
-    config_path: str | None = None
-    for value in values:
-        kept = []
-        for item in _split_options(value):
-            if item.startswith("config="):
-                config_path = item[len("config=") :].replace("\\,", ",")
-            else:
-                kept.append(item)
-        if kept:
-            kept_values.append(",".join(kept))
-    return kept_values, config_path
-
-
-def mount8_argv(argv: Sequence[str]) -> list[str]:
-    """mount(8)'s ``vaultfs SOURCE MOUNTPOINT -o OPTS`` as ``vaultfs mount SOURCE MOUNTPOINT ...``.
-
-    ``mount -t fuse.vaultfs`` (and an fstab line of that type) makes
-    mount.fuse3 run ``vaultfs SOURCE MOUNTPOINT -o rw,config=PATH,...``: no
-    subcommand, and the configuration file as an option.  ``config=PATH``
-    becomes ``--config PATH``; the other options stay ``-o`` options.  Any
-    other command line is returned unchanged.  The mount detaches and returns
-    once live, as ``vaultfs mount`` does without ``--foreground``.
-    """
-    args = list(argv)
-    # mount.fuse3 always passes SOURCE and MOUNTPOINT; one word alone is a mistyped subcommand.
-    if len(args) < 2 or args[0].startswith("-") or args[1].startswith("-") or args[0] in SUBCOMMANDS:
-        return args
-    if "-o" not in args and difflib.get_close_matches(args[0], list(SUBCOMMANDS), n=1):
-        return args  # "vaultfs stauts /mnt/x": let argparse say "invalid choice"
-    rest: list[str] = []
-    values: list[str] = []
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "-o" and i + 1 < len(args):
-            values.append(args[i + 1])
-            i += 2
-        elif arg.startswith("-o") and len(arg) > 2:
-            values.append(arg[2:])
-            i += 1
-        else:
-            rest.append(arg)
-            i += 1
-    options, config_path = take_config_option(values)
-    out = ["mount", *rest]
-    if config_path is not None:
-        out += ["--config", config_path]
-    for value in options:
-        out += ["-o", value]
-    return out
-
-
 #: Every subcommand, by name, in the order ``vaultfs --help`` lists them.
 SUBCOMMANDS: dict[str, Subcommand] = {
     "check-config": Subcommand(
@@ -350,7 +206,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     ),
     "drivers": Subcommand("list the installed storage drivers", _run_drivers),
     "mount": Subcommand(
-        "mount a backend (or a local directory) on a directory", _run_mount, _configure_mount
+        "mount a backend (or a local directory) on a directory", mountcmd.run_mount, mountcmd.configure_mount
     ),
     "cache": Subcommand("show or clear the block caches", cachecmd.run, cachecmd.configure),
     "status": Subcommand(
@@ -358,7 +214,9 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         status.run_status,
         status.configure_status,
     ),
-    "umount": Subcommand("unmount and wait for pending uploads to finish", _run_umount, _configure_umount),
+    "umount": Subcommand(
+        "unmount and wait for pending uploads to finish", mountcmd.run_umount, mountcmd.configure_umount
+    ),
 }
 
 
@@ -387,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``vaultfs`` with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     parser = build_parser()
-    argv = mount8_argv(sys.argv[1:] if argv is None else argv)
+    argv = mountcmd.mount8_argv(sys.argv[1:] if argv is None else argv, list(SUBCOMMANDS))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error argparse already printed

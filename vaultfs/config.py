@@ -455,7 +455,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return {k[len(_DEST) :]: v for k, v in vars(args).items() if k.startswith(_DEST)}
 
 
-def _split_option_list(text: str) -> list[str]:
+def split_option_list(text: str) -> list[str]:
+    """The items of one ``-o`` value, split at commas not escaped as ``\\,``."""
     # libfuse lets a value hold a comma escaped as "\,"; keep the escape so
     # options passed through reach libfuse exactly as written.
     return [item for item in re.split(r"(?<!\\),", text) if item]
@@ -479,7 +480,7 @@ def parse_mount_options(items: Iterable[str]) -> tuple[dict[str, Any], list[str]
     overrides: dict[str, Any] = {}
     fuse: list[str] = []
     for item in items:
-        for raw in _split_option_list(item):
+        for raw in split_option_list(item):
             name, eq, value = raw.partition("=")
             if raw == "rw" or raw in _MOUNT8_ONLY or raw.startswith("x-"):
                 # mount(8) adds "rw" to every fstab line ("defaults"), so it must

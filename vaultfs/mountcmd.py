@@ -1,20 +1,24 @@
-"""The ``vaultfs mount`` and ``vaultfs umount`` subcommands.
+"""The ``vaultfs mount`` and ``vaultfs umount`` subcommands, and mount(8)'s form of mount.
 
 Argument parsing lives here; :mod:`vaultfs.mount` (which imports pyfuse3 and
-trio) is imported only when a mount actually runs.
+trio) is imported only when a mount actually runs.  Services name a backend
+and nothing else (the systemd template unit knows only ``%i``), so MOUNTPOINT
+may be left out when the backend configures its ``mountpoint:``.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import config, runtime
 
-EXIT_OK, EXIT_FAILED = 0, 1
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def configure_mount(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +26,13 @@ def configure_mount(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "source", metavar="SOURCE", help="a backend name from the configuration, or a local directory"
     )
-    parser.add_argument("mountpoint", metavar="MOUNTPOINT", help="an empty directory to mount on")
+    parser.add_argument(
+        "mountpoint",
+        metavar="MOUNTPOINT",
+        nargs="?",
+        default=None,
+        help="an empty directory to mount on (default: the backend's configured mountpoint)",
+    )
     parser.add_argument("--config", metavar="PATH", default=None, help="configuration file")
     parser.add_argument(
         "-o",
@@ -30,7 +40,7 @@ def configure_mount(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="OPTS",
-        help="comma-separated settings (key=value, see the README) and libfuse options",
+        help="comma-separated settings (key=value, see the README), config=PATH, and libfuse options",
     )
     config.add_setting_flags(parser)
 
@@ -39,20 +49,58 @@ def _is_directory_source(source: str) -> bool:
     return "/" in source or source in (".", "..") or os.path.isdir(source)
 
 
+def _configured_mountpoint(config_path: str | None, source: str) -> str:
+    """The ``mountpoint:`` of backend ``source`` in the configuration; ConfigError if it has none."""
+    cfg = config.Config.load(config_path)
+    backend = cfg.backend(source)
+    if not backend.mountpoint:
+        raise config.ConfigError(
+            cfg.source,
+            f"backend {source!r} has no mountpoint: give MOUNTPOINT, or set it in the configuration",
+            key=f"backends[{cfg.names.index(source)}].mountpoint",
+        )
+    return backend.mountpoint
+
+
+def take_config_option(values: Sequence[str]) -> tuple[list[str], str | None]:
+    """``-o`` values without their ``config=PATH`` items, and the last such PATH (None if none)."""
+    kept_values: list[str] = []
+    config_path: str | None = None
+    for value in values:
+        kept = []
+        for item in config.split_option_list(value):
+            if item.startswith("config="):
+                config_path = item[len("config=") :].replace("\\,", ",")
+            else:
+                kept.append(item)
+        if kept:
+            kept_values.append(",".join(kept))
+    return kept_values, config_path
+
+
 def run_mount(args: argparse.Namespace) -> int:
     """Resolve the configuration, check the mountpoint, then mount (detached unless --foreground)."""
     from . import cli
     from .mount import MountError, MountPlan, check_mountpoint, daemonize, serve
 
+    # "-o config=PATH" is how mount(8) and fstab name the file.
+    args.mount_options, config_path = take_config_option(args.mount_options)
+    if config_path is not None:
+        args.config = config_path
     option_overrides, fuse_options = config.parse_mount_options(args.mount_options)
     overrides = {**option_overrides, **config.overrides_from_args(args)}
     if _is_directory_source(args.source):
         if not os.path.isdir(args.source):
             print(f"vaultfs: {args.source} is not a directory", file=sys.stderr)
             return EXIT_FAILED
+        if args.mountpoint is None:
+            print("vaultfs: mounting a directory needs a MOUNTPOINT", file=sys.stderr)
+            return EXIT_USAGE
         cfg, name = config.Config.for_directory(args.source), None
     else:
         cfg, name = config.Config.load(args.config), args.source
+        if args.mountpoint is None:
+            args.mountpoint = _configured_mountpoint(args.config, args.source)
     mountpoint = Path(os.path.abspath(args.mountpoint))
     resolved = config.resolve(cfg, name, overrides, mountpoint=str(mountpoint))
     settings = resolved.settings
@@ -75,7 +123,12 @@ def run_mount(args: argparse.Namespace) -> int:
 
 def configure_umount(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``vaultfs umount``."""
-    parser.add_argument("mountpoint", metavar="MOUNTPOINT")
+    parser.add_argument(
+        "mountpoint",
+        metavar="MOUNTPOINT",
+        help="the mountpoint, or the name of a backend with a configured mountpoint",
+    )
+    parser.add_argument("--config", metavar="PATH", default=None, help="configuration file")
     parser.add_argument(
         "--timeout",
         type=float,
@@ -83,11 +136,31 @@ def configure_umount(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="how long to wait for the daemon to finish pending uploads and exit (default: 300)",
     )
+    parser.add_argument(
+        "--dead-only",
+        action="store_true",
+        help="only clean up a dead mount (its daemon exited); succeed when there is none "
+        "(for ExecStartPre= in the systemd unit)",
+    )
 
 
 def run_umount(args: argparse.Namespace) -> int:
     """Unmount, then wait for the daemon to exit so pending work is done when this returns."""
-    mountpoint = Path(os.path.abspath(args.mountpoint))
+    target = args.mountpoint
+    if not os.path.isabs(target) and not os.path.isdir(target) and "/" not in target:
+        target = _configured_mountpoint(args.config, target)
+    mountpoint = Path(os.path.abspath(target))
+    if args.dead_only:
+        from .mount import MountError, clean_dead_mount
+
+        try:
+            done = clean_dead_mount(mountpoint)
+        except MountError as exc:
+            print(f"vaultfs: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        if done:
+            print(f"vaultfs: {done}", file=sys.stderr)
+        return EXIT_OK
     record = runtime.find(mountpoint)
     done = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
     if done.returncode != 0:
@@ -98,3 +171,21 @@ def run_umount(args: argparse.Namespace) -> int:
         print(f"vaultfs: unmounted, but the daemon (pid {record['pid']}) is still running", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def mount8_argv(argv: Sequence[str], subcommands: Sequence[str]) -> list[str]:
+    """mount(8)'s ``vaultfs SOURCE MOUNTPOINT -o OPTS`` as ``vaultfs mount SOURCE MOUNTPOINT ...``.
+
+    ``mount -t fuse.vaultfs`` (and an fstab line of that type) makes
+    mount.fuse3 run ``vaultfs SOURCE MOUNTPOINT -o rw,config=PATH,...``: no
+    subcommand, and the configuration file as an option.  Any other command
+    line is returned unchanged.  The mount detaches and returns once live, as
+    ``vaultfs mount`` does without ``--foreground``.
+    """
+    args = list(argv)
+    # mount.fuse3 always passes SOURCE and MOUNTPOINT; one word alone is a mistyped subcommand.
+    if len(args) < 2 or args[0].startswith("-") or args[1].startswith("-") or args[0] in subcommands:
+        return args
+    if "-o" not in args and difflib.get_close_matches(args[0], list(subcommands), n=1):
+        return args  # "vaultfs stauts /mnt/x": let argparse say "invalid choice"
+    return ["mount", *args]
