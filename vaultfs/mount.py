@@ -84,6 +84,8 @@ def check_mountpoint(path: Path, nonempty: bool = False) -> None:
         )
     try:
         st = os.stat(path)
+        # The kernel may answer stat(2) of a dead FUSE mount from its cache; statfs always asks.
+        os.statvfs(path)
     except FileNotFoundError:
         raise MountError(f"mountpoint {path} does not exist; create it with: mkdir -p {path}") from None
     except OSError as exc:
