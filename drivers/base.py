@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from typing import IO, Any, ClassVar
@@ -211,22 +210,6 @@ class Driver(ABC):
 
     def close(self) -> None:
         """Release connections and threads.  The driver is not used afterwards."""
-
-
-def copy_stream(src: IO[bytes], dst: IO[bytes], size: int | None = None, bufsize: int = 1 << 20) -> int:
-    """Copy ``src`` to ``dst`` in bounded chunks (at most ``size`` bytes); return bytes copied."""
-    if size is None:
-        before = dst.tell() if dst.seekable() else 0
-        shutil.copyfileobj(src, dst, bufsize)
-        return (dst.tell() - before) if dst.seekable() else -1
-    remaining = size
-    while remaining > 0:
-        chunk = src.read(min(bufsize, remaining))
-        if not chunk:
-            break
-        dst.write(chunk)
-        remaining -= len(chunk)
-    return size - remaining
 
 
 def split_listing(
