@@ -1,4 +1,4 @@
-"""Kernel-side tuning of a live mount.
+"""What the kernel says about mounts, and kernel-side tuning of a live mount.
 
 The kernel reads ahead of a sequential reader only ``read_ahead_kb`` at a
 time (128 KiB by default), which caps a FUSE read request, and with it
@@ -9,6 +9,8 @@ write to sysfs, made after each mount; without permission we log once and go on.
 from __future__ import annotations
 
 import logging
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -16,28 +18,46 @@ log = logging.getLogger(__name__)
 READ_AHEAD_KB = 1024
 
 
-def device_of(mountpoint: Path) -> str | None:
-    """``major:minor`` of the file system mounted at ``mountpoint``, read from /proc.
+@dataclass(frozen=True)
+class MountEntry:
+    """One line of /proc/self/mountinfo, as far as vaultfs cares."""
 
-    Reading /proc, not calling stat(2), matters: a stat of the mountpoint
-    would wait for our own FUSE loop, which has not started yet.
+    device: str
+    fstype: str
+    source: str
+
+
+def _unescape(field: str) -> str:
+    # /proc escapes space, tab, newline and backslash in paths as octal \ooo.
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_entry(mountpoint: Path) -> MountEntry | None:
+    """What is mounted on ``mountpoint`` now (the topmost mount), read from /proc.
+
+    Reading /proc, not calling stat(2), matters: a stat of a FUSE mountpoint
+    waits for its daemon, which may be this very process, or dead.
     """
     target = str(mountpoint)
-    device = None
-    with open("/proc/self/mountinfo") as mountinfo:
-        for line in mountinfo:
-            fields = line.split()
-            if len(fields) > 4 and fields[4] == target:
-                device = fields[2]  # the last one: a mount on top of another shadows it
-    return device
+    found = None
+    try:
+        with open("/proc/self/mountinfo") as mountinfo:
+            for line in mountinfo:
+                before, _, after = line.partition(" - ")
+                fields, tail = before.split(), after.split()
+                if len(fields) > 4 and len(tail) > 1 and _unescape(fields[4]) == target:
+                    found = MountEntry(fields[2], tail[0], _unescape(tail[1]))
+    except OSError:
+        return None
+    return found
 
 
 def raise_read_ahead(mountpoint: Path, kilobytes: int = READ_AHEAD_KB) -> bool:
     """Set the mount's ``read_ahead_kb``; return whether it worked."""
-    device = device_of(mountpoint)
-    if device is None:
+    entry = mount_entry(mountpoint)
+    if entry is None:
         return False
-    path = Path("/sys/class/bdi") / device / "read_ahead_kb"
+    path = Path("/sys/class/bdi") / entry.device / "read_ahead_kb"
     try:
         path.write_text(str(kilobytes))
     except OSError as exc:

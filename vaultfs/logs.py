@@ -126,15 +126,17 @@ def detached() -> None:
     with _lock:
         if _State.file is not None or journal_stream(sys.stderr):
             return
-        handler: logging.Handler
-        try:
-            handler = logging.handlers.SysLogHandler(
-                address=SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON
-            )
-        except OSError:
-            handler = logging.NullHandler()
-        else:
-            handler.setFormatter(logging.Formatter(SYSLOG_FORMAT))
+        handler: logging.Handler = logging.NullHandler()
+        # SysLogHandler accepts a missing socket and fails on every record instead.
+        if os.path.exists(SYSLOG_SOCKET):
+            try:
+                handler = logging.handlers.SysLogHandler(
+                    address=SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_DAEMON
+                )
+            except OSError:
+                pass
+            else:
+                handler.setFormatter(logging.Formatter(SYSLOG_FORMAT))
         _install(handler)
 
 

@@ -11,10 +11,10 @@ import contextlib
 import errno
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,6 +22,9 @@ from pathlib import Path
 
 import pyfuse3
 import trio
+
+from drivers.base import Driver
+from drivers.errors import AccessDenied, InvalidName, NotFound
 
 from . import attrs, kernel, logs, metrics, registry, runtime, sdnotify
 from .attrindex import AttrIndex
@@ -60,6 +63,12 @@ class MountPlan:
     @property
     def settings(self) -> Settings:
         return self.backend.settings
+
+    @property
+    def fsname(self) -> str:
+        """What df and findmnt show as the source: the user's ``-o fsname=``, else ``vaultfs:NAME``."""
+        given = [o[len("fsname=") :] for o in self.fuse_options if o.startswith("fsname=")]
+        return given[-1] if given else f"vaultfs:{self.name}"
 
     @property
     def staging_dir(self) -> Path:
@@ -103,20 +112,44 @@ def check_mountpoint(path: Path, nonempty: bool = False) -> None:
 
 
 def fuse_option_set(plan: MountPlan) -> set[str]:
-    """The options handed to libfuse."""
-    opts = set(ALWAYS) | {f"fsname=vaultfs:{plan.name}"}
+    """The options handed to libfuse (one fsname: libfuse would take whichever came last)."""
+    opts = set(ALWAYS) | {f"fsname={plan.fsname}"}
     if plan.settings.read_only:
         opts.add("ro")
     if plan.settings.allow_other:
         opts.add("allow_other")
-    opts.update(o for o in plan.fuse_options if o != "nonempty")
+    opts.update(o for o in plan.fuse_options if o != "nonempty" and not o.startswith("fsname="))
     return opts
+
+
+def _refuse_broken_backend(plan: MountPlan, driver: Driver) -> None:
+    """Fail the mount when the backend's health check says it can never work (a missing
+    local root, wrong credentials); a backend that is merely unreachable still mounts
+    and is retried, so a mount at boot does not depend on the network being up."""
+    outcome: list[BaseException | None] = []
+
+    def check() -> None:
+        try:
+            driver.health_check()
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=check, daemon=True, name="vaultfs initial health check")
+    thread.start()
+    thread.join(plan.settings.timeout)
+    error = outcome[0] if outcome else None
+    if isinstance(error, (NotFound, AccessDenied, InvalidName)):
+        raise MountError(f"backend {plan.name}: {error}")
+    if error is not None:
+        log.warning("backend %s is not answering yet (%s); mounting anyway", plan.name, error)
 
 
 def build(plan: MountPlan) -> tuple[Operations, Files, Backend]:
     """Create the driver, backend, namespace and operations for ``plan``."""
     s = plan.settings
     driver = registry.create(plan.backend)
+    _refuse_broken_backend(plan, driver)
     backend = Backend(plan.name, driver, workers=s.workers, timeout=s.timeout, retries=s.retries)
     index = None if driver.lists_metadata else AttrIndex(backend)
     ns = Namespace(backend, plan.defaults, attr_ttl=s.attr_ttl, dir_ttl=s.dir_ttl, index=index)
@@ -173,34 +206,10 @@ def health_interval(environ: Mapping[str, str] | None = None) -> float:
     return value
 
 
-def _unescape_mountinfo(field: str) -> str:
-    # /proc escapes space, tab, newline and backslash in paths as octal \ooo.
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def is_mounted(mountpoint: Path, name: str) -> bool:
-    """Whether our mount of ``name`` is still on ``mountpoint``, from /proc/self/mountinfo.
-
-    Never a stat(2) of the mountpoint: that would wait for our own FUSE loop,
-    which may be the very thread asking.
-    """
-    target, source = str(mountpoint), f"vaultfs:{name}"
-    try:
-        with open("/proc/self/mountinfo") as mountinfo:
-            for line in mountinfo:
-                before, _, after = line.partition(" - ")
-                fields, tail = before.split(), after.split()
-                if (
-                    len(fields) > 4
-                    and len(tail) > 1
-                    and _unescape_mountinfo(fields[4]) == target
-                    and tail[0] == "fuse.vaultfs"
-                    and _unescape_mountinfo(tail[1]) == source
-                ):
-                    return True
-    except OSError:
-        return False
-    return False
+def is_mounted(plan: MountPlan) -> bool:
+    """Whether our mount is still on the plan's mountpoint (never a stat(2): see kernel.mount_entry)."""
+    entry = kernel.mount_entry(plan.mountpoint)
+    return entry is not None and entry.fstype == "fuse.vaultfs" and entry.source == plan.fsname
 
 
 @dataclass
@@ -276,7 +285,7 @@ async def _report(ops: Operations, files: Files, service: Service) -> None:
     """Refresh the figures /healthz and systemd show, and notice a mount that disappeared."""
     plan, name = service.plan, service.plan.name
     while True:
-        mounted = is_mounted(plan.mountpoint, name)
+        mounted = is_mounted(plan)
         open_files, inodes = len(files), len(ops.ns)
         metrics.OPEN_FILES.labels(name).set(open_files)
         metrics.INODES.labels(name).set(inodes)
@@ -426,10 +435,13 @@ def daemonize(run: Callable[[Callable[[str | None], None]], int]) -> int:
     os.close(read_end)
     os.setsid()
     null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    # Standard error stays the caller's until the mount is live, so libfuse's own
+    # complaints (an unknown -o option) reach the user while the parent waits.
     # Standard error that is the journal (a systemd .mount unit running mount(8))
-    # stays: the daemon's log then lands in that unit's journal.
-    for fd in (0, 1) if logs.keeps_stderr() else (0, 1, 2):
-        os.dup2(null, fd)
+    # stays for good: the daemon's log then lands in that unit's journal.
+    keep_stderr = logs.keeps_stderr()
     logs.detached()
     # Only a service's main process may notify systemd, and this one is a fork of it.
     sdnotify.forget_environment()
@@ -441,6 +453,8 @@ def daemonize(run: Callable[[Callable[[str | None], None]], int]) -> int:
             reported = True
             os.write(write_end, b"ok\n" if error is None else error.encode())
             os.close(write_end)
+            if not keep_stderr:
+                os.dup2(null, 2)
 
     code = 1
     try:

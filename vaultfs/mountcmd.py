@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import config, runtime
+from . import config, kernel, runtime
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -89,10 +89,22 @@ def run_mount(args: argparse.Namespace) -> int:
         args.config = config_path
     option_overrides, fuse_options = config.parse_mount_options(args.mount_options)
     overrides = {**option_overrides, **config.overrides_from_args(args)}
+    if any(o.startswith("subtype=") for o in fuse_options):
+        print(
+            "vaultfs: -o subtype= cannot be changed: fstab and umount -t rely on fuse.vaultfs",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if _is_directory_source(args.source):
+        if not os.path.exists(args.source):
+            print(
+                f"vaultfs: {args.source} does not exist (SOURCE is a backend name or a directory)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         if not os.path.isdir(args.source):
             print(f"vaultfs: {args.source} is not a directory", file=sys.stderr)
-            return EXIT_FAILED
+            return EXIT_USAGE
         if args.mountpoint is None:
             print("vaultfs: mounting a directory needs a MOUNTPOINT", file=sys.stderr)
             return EXIT_USAGE
@@ -161,6 +173,10 @@ def run_umount(args: argparse.Namespace) -> int:
         if done:
             print(f"vaultfs: {done}", file=sys.stderr)
         return EXIT_OK
+    entry = kernel.mount_entry(mountpoint)
+    if entry is None or not entry.fstype.startswith("fuse"):
+        print(f"vaultfs: {mountpoint} is not mounted", file=sys.stderr)
+        return EXIT_FAILED
     record = runtime.find(mountpoint)
     done = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
     if done.returncode != 0:
