@@ -9,8 +9,8 @@ A reader that keeps asking for the next block is sequential: its read-ahead
 window doubles on each such read, up to ``read_ahead_max``, and the blocks in
 the window are fetched in the background, at most ``concurrency`` at a time for
 the whole mount.  A read elsewhere resets the window, so random access costs no
-extra requests.  Memory is bounded by the in-memory LRU plus ``concurrency``
-blocks in flight.
+extra requests.  Memory is bounded by the in-memory LRU (``memory`` bytes) plus ``concurrency``
+gets of up to :data:`FETCH_SIZE` in flight.
 
 Await points: fetching a block awaits a worker thread (disk) or the backend;
 other reads of the same file may run meanwhile and share the fetch.
@@ -19,7 +19,7 @@ other reads of the same file may run meanwhile and share the fetch.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cachetools
 import trio
@@ -29,6 +29,23 @@ from .backend import Backend
 from .cache import BlockCache, BlockKey
 
 log = logging.getLogger(__name__)
+
+#: Read-ahead fetches consecutive blocks with one ranged get of up to this many
+#: bytes: object stores pay a round trip per request, so larger gets go faster.
+FETCH_SIZE = 8 << 20
+#: Bytes of recent and read-ahead blocks kept in memory, shared by all open files.
+MEMORY = 64 << 20
+
+
+def _contiguous(keys: list[BlockKey]) -> list[list[BlockKey]]:
+    """``keys`` (in index order) split where the block indices stop being consecutive."""
+    runs: list[list[BlockKey]] = []
+    for key in keys:
+        if runs and runs[-1][-1].index + 1 == key.index:
+            runs[-1].append(key)
+        else:
+            runs.append([key])
+    return runs
 
 
 @dataclass
@@ -42,7 +59,6 @@ class ReadState:
     next_block: int = 0
     window: int = 0
     ahead_until: int = 0
-    tasks: set[int] = field(default_factory=set)
 
 
 class Reader:
@@ -55,17 +71,16 @@ class Reader:
         block_size: int,
         read_ahead_max: int,
         concurrency: int = 8,
-        memory_blocks: int = 32,
+        memory: int = MEMORY,
     ) -> None:
         self.backend = backend
         self.cache = cache
         self.block_size = block_size
-        window = read_ahead_max // block_size
-        if cache is None:
-            # Without a disk cache, read-ahead lands only in memory: a window
-            # larger than what memory keeps would evict blocks before their read.
-            window = min(window, memory_blocks // 2)
-        self.max_window = max(0, window)
+        memory_blocks = max(4, memory // block_size)
+        # Read-ahead lands in memory first: a window larger than half of what
+        # memory keeps would evict blocks before their read.
+        self.max_window = max(0, min(read_ahead_max // block_size, memory_blocks // 2))
+        self.run_blocks = max(1, min(FETCH_SIZE // block_size, self.max_window))
         self._evictions_seen = 0
         self._limiter = trio.CapacityLimiter(concurrency)
         self._memory: cachetools.LRUCache[BlockKey, bytes] = cachetools.LRUCache(maxsize=memory_blocks)
@@ -108,20 +123,64 @@ class Reader:
             return
         blocks = -(-state.size // self.block_size)
         upto = min(last + 1 + state.window, blocks)
-        for index in range(max(state.ahead_until, last + 1), upto):
-            if index not in state.tasks:
-                state.tasks.add(index)
-                self._nursery.start_soon(self._prefetch, state, index)
+        first_ahead = max(state.ahead_until, last + 1)
+        # Wait until a whole run is due (or the file ends): a window that moves on
+        # by one block per read must still be fetched in large gets.
+        if upto - first_ahead < self.run_blocks and upto < blocks:
+            return
+        for start in range(first_ahead, upto, self.run_blocks):
+            self._nursery.start_soon(self._prefetch, state, start, min(start + self.run_blocks, upto))
         state.ahead_until = max(state.ahead_until, upto)
 
-    async def _prefetch(self, state: ReadState, index: int) -> None:
-        try:
-            async with self._limiter:
-                await self.block(state, index)
-        except Exception as exc:
-            log.debug("read-ahead of %s/%s block %d failed: %s", state.container, state.artifact, index, exc)
-        finally:
-            state.tasks.discard(index)
+    async def _prefetch(self, state: ReadState, start: int, end: int) -> None:
+        """Fetch blocks ``start`` to ``end`` that nobody has or is fetching, in as few gets as possible."""
+        async with self._limiter:
+            claimed: dict[BlockKey, trio.Event] = {}
+            for index in range(start, end):
+                key = self._key(state, index)
+                if key not in self._memory and key not in self._inflight:
+                    claimed[key] = self._inflight[key] = trio.Event()
+            try:
+                missing = list(claimed)
+                if self.cache is not None and missing:
+                    found = await trio.to_thread.run_sync(self._from_disk, missing)
+                    self._memory.update(found)
+                    metrics.CACHE_HITS.labels(self.backend.name).inc(len(found))
+                    missing = [key for key in missing if key not in found]
+                for run in _contiguous(missing):
+                    await self._fetch(run)
+            except Exception as exc:
+                log.debug("read-ahead of %s/%s failed: %s", state.container, state.artifact, exc)
+            finally:
+                for key, done in claimed.items():
+                    if self._inflight.get(key) is done:
+                        del self._inflight[key]
+                    done.set()
+
+    def _from_disk(self, keys: list[BlockKey]) -> dict[BlockKey, bytes]:
+        assert self.cache is not None
+        found = {}
+        for key in keys:
+            data = self.cache.get(key)
+            if data is not None:
+                found[key] = data
+        return found
+
+    async def _fetch(self, run: list[BlockKey]) -> None:
+        """One ranged get for consecutive blocks, split into blocks, kept in memory and on disk."""
+        first, bs = run[0], self.block_size
+        data = await self.backend.read(first.container, first.artifact, first.index * bs, len(run) * bs)
+        metrics.CACHE_MISSES.labels(self.backend.name).inc(len(run))
+        blocks = [(key, data[i * bs : (i + 1) * bs]) for i, key in enumerate(run)]
+        self._memory.update(blocks)
+        if self.cache is not None:
+            await trio.to_thread.run_sync(self._to_disk, blocks)
+
+    def _to_disk(self, blocks: list[tuple[BlockKey, bytes]]) -> None:
+        assert self.cache is not None
+        for key, data in blocks:
+            self.cache.put(key, data)
+        self._publish_cache_figures()
 
     async def block(self, state: ReadState, index: int) -> bytes:
         """Block ``index`` of the file, fetched at most once at a time."""
@@ -158,9 +217,12 @@ class Reader:
             key.container, key.artifact, key.index * key.block_size, key.block_size
         )
         if self.cache is not None:
-            await trio.to_thread.run_sync(self.cache.put, key, data)
-            stats = self.cache.stats
-            metrics.CACHE_BYTES.labels(name).set(stats.bytes)
-            metrics.CACHE_EVICTIONS.labels(name).inc(stats.evictions - self._evictions_seen)
-            self._evictions_seen = stats.evictions
+            await trio.to_thread.run_sync(self._to_disk, [(key, data)])
         return data
+
+    def _publish_cache_figures(self) -> None:
+        assert self.cache is not None
+        stats, name = self.cache.stats, self.backend.name
+        metrics.CACHE_BYTES.labels(name).set(stats.bytes)
+        metrics.CACHE_EVICTIONS.labels(name).inc(stats.evictions - self._evictions_seen)
+        self._evictions_seen = stats.evictions
