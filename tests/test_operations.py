@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import prometheus_client
 import pyfuse3
 import pytest
 import trio
@@ -115,6 +116,10 @@ def setattr_fields(**changed: bool) -> Any:
     """What the kernel's SETATTR says changed (pyfuse3's own class is read-only)."""
     names = ("atime", "mtime", "ctime", "mode", "uid", "gid", "size")
     return SimpleNamespace(**{f"update_{n}": changed.get(f"update_{n}", False) for n in names})
+
+
+def gauge(name: str) -> float:
+    return prometheus_client.REGISTRY.get_sample_value(name, {"backend": "test"}) or 0.0
 
 
 def run(fn: Callable[[], Awaitable[Any]]) -> Any:
@@ -317,11 +322,15 @@ def test_failed_upload_is_eio_and_keeps_the_data(tmp_path: Path) -> None:
         info, _ = await world.ops.create(await world.ino("/b"), b"f", 0o100644, os.O_WRONLY, CTX)
         await world.ops.write(info.fh, 0, b"precious")
         driver.failing = True
+        failures = gauge("vaultfs_writeback_failures_total")
         with fails_with(errno.EIO):
             await world.ops.flush(info.fh)
         assert [p.read_bytes() for p in world.staging.iterdir()] == [b"precious"]
+        assert gauge("vaultfs_writeback_failures_total") == failures + 1
+        assert (gauge("vaultfs_writeback_pending"), gauge("vaultfs_writeback_pending_bytes")) == (1, 8)
         driver.failing = False
         await world.ops.flush(info.fh)  # the next close retries
+        assert gauge("vaultfs_writeback_pending") == 0
         await world.ops.release(info.fh)
         assert world.stored("b", "f") == b"precious"
         assert list(world.staging.iterdir()) == []

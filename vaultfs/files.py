@@ -25,7 +25,7 @@ from pathlib import Path
 
 import trio
 
-from . import attrs
+from . import attrs, metrics
 from .backend import Backend
 from .namespace import Entry, Kind, Namespace, Node
 from .reader import Reader, ReadState
@@ -48,6 +48,7 @@ class OpenFile:
     staged: Path | None = None
     fd: int = -1
     dirty: bool = False
+    dirty_since: float = 0.0
     unlinked: bool = False
     lock: trio.Lock = field(default_factory=trio.Lock)
     reading: ReadState | None = None
@@ -100,8 +101,7 @@ class Files:
             async with of.lock:
                 await self._stage(of, load=False)
                 os.ftruncate(of.fd, 0)
-                of.dirty = True
-                self._touch(of, 0)
+                self._changed(of, 0)
         keep = of.staged is None and self._kernel_etag.get(node.ino) == node.etag
         self._kernel_etag[node.ino] = node.etag
         return fh, keep
@@ -114,7 +114,7 @@ class Files:
         fh = self._attach(node)
         of = self._handles[fh]
         await self._stage(of, load=False)
-        of.dirty = True
+        self._changed(of, 0)
         return fh, node
 
     # -- staging ---------------------------------------------------------
@@ -134,11 +134,13 @@ class Files:
         of.staged, of.fd = path, fd
         of.node.local = True
 
-    def _touch(self, of: OpenFile, size: int | None = None) -> None:
-        node = of.node
-        if size is not None:
-            node.size = size
-        node.mtime_ns = time.time_ns()
+    def _changed(self, of: OpenFile, size: int) -> None:
+        """The staged data changed: new size and mtime, and the file now waits for upload."""
+        of.node.size = size
+        of.node.mtime_ns = time.time_ns()
+        if not of.dirty:
+            of.dirty, of.dirty_since = True, time.monotonic()
+            self.publish_pending()
 
     # -- data ------------------------------------------------------------
     async def read(self, fh: int, offset: int, size: int) -> bytes:
@@ -158,8 +160,7 @@ class Files:
         async with of.lock:
             await self._stage(of, load=True)
             written = os.pwrite(of.fd, buf, offset)
-            of.dirty = True
-            self._touch(of, max(of.node.size, offset + written))
+            self._changed(of, max(of.node.size, offset + written))
         return written
 
     async def truncate(self, node: Node, size: int) -> None:
@@ -176,8 +177,7 @@ class Files:
         async with of.lock:
             await self._stage(of, load=size > 0)
             os.ftruncate(of.fd, size)
-            of.dirty = True
-            self._touch(of, size)
+            self._changed(of, size)
 
     async def flush(self, fh: int) -> None:
         """Upload the file if it is dirty (every close(2) and fsync(2) land here)."""
@@ -192,9 +192,12 @@ class Files:
             try:
                 info = await self.backend.put_file(node.container, node.key, str(of.staged), metadata=meta)
             except Exception:
+                metrics.WRITEBACK_FAILURES.labels(self.backend.name).inc()
+                self.publish_pending()
                 log.error("upload of %s/%s failed; the data stays in %s", node.container, node.key, of.staged)
                 raise
             of.dirty = False
+            self.publish_pending()
             node.etag, node.size, node.meta = info.etag, info.size, meta
             self.ns.record(node)
             self._kernel_etag[node.ino] = info.etag
@@ -221,6 +224,15 @@ class Files:
             else:
                 of.staged.unlink(missing_ok=True)
         self.ns.release_if_unused(of.node)
+
+    def publish_pending(self) -> None:
+        """Export the files waiting for upload (dirty, staged data) as the write-back gauges."""
+        waiting = [of for of in self._by_ino.values() if of.dirty and not of.unlinked]
+        name = self.backend.name
+        metrics.WRITEBACK_PENDING.labels(name).set(len(waiting))
+        metrics.WRITEBACK_PENDING_BYTES.labels(name).set(sum(of.node.size for of in waiting))
+        oldest = min((of.dirty_since for of in waiting), default=None)
+        metrics.WRITEBACK_OLDEST_AGE.labels(name).set(0 if oldest is None else time.monotonic() - oldest)
 
     def discard(self, node: Node) -> None:
         """``node`` was deleted: its open handles keep working but never upload again."""

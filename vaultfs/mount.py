@@ -289,6 +289,7 @@ async def _report(ops: Operations, files: Files, service: Service) -> None:
         open_files, inodes = len(files), len(ops.ns)
         metrics.OPEN_FILES.labels(name).set(open_files)
         metrics.INODES.labels(name).set(inodes)
+        files.publish_pending()
         if service.state.mounted and not mounted:
             log.warning("%s is no longer mounted; serving open files until they are closed", plan.mountpoint)
         service.state.update(mounted=mounted, open_files=open_files, inodes=inodes)
