@@ -260,3 +260,34 @@ def test_log_level_shows_debug_records(tmp_path: Path) -> None:
     assert quiet.stderr == ""
     assert "DEBUG vaultfs.registry: loaded driver 'memory'" in loud.stderr
     assert f"INFO vaultfs.cli: {config} is valid; checking 1 backend(s)" in loud.stderr
+
+
+@pytest.mark.s3
+def test_check_config_local_and_s3_backends(tmp_path: Path, s3_options: dict[str, object]) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    config = tmp_path / "vaultfs.yaml"
+    config.write_text(
+        "backends:\n"
+        f"  - {{name: files, driver: local, config: {{root: '{root}'}}}}\n"
+        "  - name: objects\n    driver: s3\n    config:\n"
+        f"      endpoint: {s3_options['endpoint']}\n"
+        "      access_key: ${KEY}\n      secret_key: ${SECRET}\n"
+        "      path_style: true\n      request_checksum_calculation: when_required\n"
+        "  - name: wrong-key\n    driver: s3\n    config:\n"
+        f"      endpoint: {s3_options['endpoint']}\n"
+        "      access_key: NOSUCHKEY\n      secret_key: ${SECRET}\n      path_style: true\n"
+    )
+    env = {"KEY": str(s3_options["access_key"]), "SECRET": str(s3_options["secret_key"])}
+    result = run("check-config", "--config", str(config), cwd=tmp_path, env=env)
+    rows = table(result.stdout)
+    assert [(name, r["DRIVER"]) for name, r in rows.items()] == [
+        ("files", "local"),
+        ("objects", "s3"),
+        ("wrong-key", "s3"),
+    ]
+    assert (rows["files"]["STATUS"], rows["objects"]["STATUS"]) == ("ok", "ok")
+    assert rows["wrong-key"]["STATUS"].startswith("AccessDenied")
+    assert result.returncode == 1
+    assert "1 of 3 backend(s) failed: wrong-key" in result.stderr
+    assert env["SECRET"] not in result.stdout + result.stderr

@@ -31,7 +31,9 @@ def _options(cls: type[Driver], **values: Any) -> Any:
 
 
 def _make(request: pytest.FixtureRequest, tmp_path: Path, name: str) -> Driver:
-    cls = next(ep for ep in importlib.metadata.entry_points(group="vaultfs.drivers") if ep.name == name).load()
+    cls = next(
+        ep for ep in importlib.metadata.entry_points(group="vaultfs.drivers") if ep.name == name
+    ).load()
     factories: dict[str, Callable[[], Driver]] = {
         "memory": lambda: cls(),
         "local": lambda: cls(_options(cls, root=str(tmp_path))),

@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from drivers import errors
-from drivers.base import ArtifactInfo
+from drivers.base import ArtifactInfo, Prefix
 from drivers.memory import MemoryDriver
 from vaultfs import attrs
 from vaultfs.attrindex import INDEX_NAME, AttrIndex
@@ -436,5 +436,33 @@ def test_rmdir_removes_the_attribute_index(tmp_path: Path) -> None:
         await world.index.flush()  # type: ignore[union-attr]
         await world.ops.rmdir(ROOT_INODE, b"b", CTX)
         assert driver.containers() == []
+
+    run(main)
+
+
+class ListsOddKeys(MemoryDriver):
+    """A memory driver whose listing of ``d/`` also shows keys another S3 tool could have
+    written (``d//x``, ``d/./x``, ``d/../x``, ``d/.``), which no path can name."""
+
+    def list(
+        self, container: str, prefix: str = "", delimiter: str | None = None, start_after: Any = None
+    ) -> Any:
+        entries = list(super().list(container, prefix, delimiter, start_after))
+        if prefix == "d/" and delimiter == "/":
+            entries += [Prefix("d//"), Prefix("d/./"), Prefix("d/../"), ArtifactInfo("d/.", 1, 0.0, "e")]
+        return iter(sorted(entries, key=lambda e: e.name))
+
+
+def test_keys_that_cannot_be_paths_are_skipped(tmp_path: Path) -> None:
+    world = World(tmp_path, ListsOddKeys())
+
+    async def main() -> None:
+        await world.mkdir("/b")
+        await world.mkdir("/b/d")
+        await world.write_file("/b/d/ok", b"x")
+        d = world.ns.get(await world.ino("/b/d"))
+        assert d.key == "d/"
+        entries, _ = await world.ns.list_page(d, None)
+        assert [name for name, _ in entries] == ["ok"]
 
     run(main)
