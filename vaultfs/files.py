@@ -111,6 +111,7 @@ class Files:
         now = time.time()
         meta = attrs.encode(mode, uid, gid, time.time_ns())
         node = self.ns.remember(parent, name, Entry(Kind.FILE, 0, now, "", meta))
+        self.ns.add_unflushed(node)
         fh = self._attach(node)
         of = self._handles[fh]
         await self._stage(of, load=False)
@@ -197,6 +198,7 @@ class Files:
                 log.error("upload of %s/%s failed; the data stays in %s", node.container, node.key, of.staged)
                 raise
             of.dirty = False
+            self.ns.remove_unflushed(node)
             self.publish_pending()
             node.etag, node.size, node.meta = info.etag, info.size, meta
             self.ns.record(node)
@@ -211,6 +213,7 @@ class Files:
             return
         del self._by_ino[of.node.ino]
         of.node.local = False
+        self.ns.remove_unflushed(of.node)
         if of.fd >= 0:
             os.close(of.fd)
         if of.staged is not None:

@@ -447,6 +447,7 @@ class Operations(pyfuse3.Operations):
         self.files.discard(node)
         await self.backend.delete(node.container, node.key)
         self.ns.record_gone(node.container, node.key)
+        self.ns.detach(node)
         self.ns.forget_name(parent, os.fsdecode(name))
 
     # -- rename ----------------------------------------------------------
@@ -486,6 +487,10 @@ class Operations(pyfuse3.Operations):
             new_key = new_parent.child_key(new_name, src.kind)
             if dst is not None and dst.kind is Kind.DIR:
                 await self.backend.delete(dst.container, dst.key)
+            if dst is not None:
+                # Open descriptors of the replaced file keep writing to it, not to its successor.
+                self.files.discard(dst)
+                self.ns.detach(dst)
             info = await self.backend.copy(src.container, src.key, new_parent.container, new_key)
             await self.backend.delete(src.container, src.key)
             src.etag = info.etag

@@ -121,6 +121,7 @@ class Namespace:
         self.attr_ttl = attr_ttl
         self.dir_ttl = dir_ttl
         self.started = time.time()
+        self._unflushed: dict[tuple[str, str], Node] = {}
         self._nodes: dict[int, Node] = {}
         self._by_path: dict[tuple[str, str], int] = {}
         root = Node(ROOT_INODE, "", "", Kind.DIR, defaults.dir_mode, defaults.uid, defaults.gid)
@@ -215,9 +216,27 @@ class Namespace:
         node.attr_index = None
         node.negative.clear()
 
+    def detach(self, node: Node) -> None:
+        """``node``'s name now means something else (it was unlinked or replaced): the kernel
+        may still use the node through open files, but a new file of that name gets a new inode."""
+        path = (node.container, node.key.rstrip("/"))
+        if self._by_path.get(path) == node.ino:
+            del self._by_path[path]
+        self._unflushed.pop(path, None)
+
+    def add_unflushed(self, node: Node) -> None:
+        """A file created here that no upload has stored yet: listings must still show it."""
+        self._unflushed[(node.container, node.key)] = node
+
+    def remove_unflushed(self, node: Node) -> None:
+        """The file is stored (or gone): listings find it, or not, in the backend again."""
+        if self._unflushed.get((node.container, node.key)) is node:
+            del self._unflushed[(node.container, node.key)]
+
     def moved(self, node: Node, container: str, key: str) -> None:
         """Re-home a node after a rename so its inode number follows the file."""
         self._by_path.pop((node.container, node.key.rstrip("/")), None)
+        self.remove_unflushed(node)
         node.container, node.key = container, key
         self._by_path[(container, key.rstrip("/"))] = node.ino
 
@@ -259,6 +278,9 @@ class Namespace:
         if parent.kind is not Kind.DIR or not _valid_segment(name):
             raise NotFound(name)
         now = time.monotonic()
+        unflushed = self._unflushed.get((parent.container, parent.key + name))
+        if unflushed is not None and not parent.is_root:
+            return unflushed
         if parent.negative.get(name, 0) > now:
             raise NotFound(name)
         if parent.children is not None and parent.children_expires > now:
@@ -388,6 +410,11 @@ class Namespace:
                 log.warning("skipping %s/%s: not representable as a path", node.container, item.name)
             elif name not in out:
                 out[name] = self._entry_of(item)
+        if after is None:
+            for (container, key), new in self._unflushed.items():
+                name = key[len(node.key) :]
+                if container == node.container and key.startswith(node.key) and "/" not in name:
+                    out.setdefault(name, Entry(new.kind, new.size, new.mtime_ns / 1e9, new.etag, new.meta))
         for name, entry in out.items():
             self._complete_from_memory(node, name, entry)
             self._apply_index(known, name, entry)
