@@ -279,7 +279,7 @@ def test_check_config_local_and_s3_backends(tmp_path: Path, s3_options: dict[str
         "      access_key: NOSUCHKEY\n      secret_key: ${SECRET}\n      path_style: true\n"
     )
     env = {"KEY": str(s3_options["access_key"]), "SECRET": str(s3_options["secret_key"])}
-    result = run("check-config", "--config", str(config), cwd=tmp_path, env=env)
+    result = run("--log-level", "DEBUG", "check-config", "--config", str(config), cwd=tmp_path, env=env)
     rows = table(result.stdout)
     assert [(name, r["DRIVER"]) for name, r in rows.items()] == [
         ("files", "local"),
@@ -291,3 +291,4 @@ def test_check_config_local_and_s3_backends(tmp_path: Path, s3_options: dict[str
     assert result.returncode == 1
     assert "1 of 3 backend(s) failed: wrong-key" in result.stderr
     assert env["SECRET"] not in result.stdout + result.stderr
+    assert env["KEY"] not in result.stderr  # not even botocore's debug log of request headers

@@ -111,6 +111,10 @@ def configure(level: str = "WARNING", file: str | None = None) -> None:
         _install(handler)
         _State.file = file
         logging.getLogger().setLevel(level.upper())
+        # botocore's and urllib3's debug output includes request headers, among
+        # them the access key id: never let them log below INFO.
+        for noisy in ("botocore", "boto3", "s3transfer", "urllib3"):
+            logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
 
 
 def keeps_stderr() -> bool:
