@@ -184,11 +184,11 @@ def test_metrics_move_by_what_the_work_implies(
         == 10 * MiB
     )
     gets = {"backend": name, "driver": "local", "operation": "get", "outcome": "ok"}
-    assert (
-        cold.value("vaultfs_driver_operations_total", **gets)
-        - before.value("vaultfs_driver_operations_total", **gets)
-        == 10
+    # Ten 1 MiB blocks, fetched one per get or several per get by read-ahead.
+    cold_gets = cold.value("vaultfs_driver_operations_total", **gets) - before.value(
+        "vaultfs_driver_operations_total", **gets
     )
+    assert 1 <= cold_gets <= 10
     assert (
         cold.value("vaultfs_cache_misses_total", backend=name)
         - before.value("vaultfs_cache_misses_total", backend=name)
@@ -199,7 +199,9 @@ def test_metrics_move_by_what_the_work_implies(
     assert cold.value(
         "vaultfs_fuse_operation_duration_seconds_count", backend=name, operation="read"
     ) == cold.value("vaultfs_fuse_operations_total", backend=name, operation="read")
-    assert cold.value("vaultfs_driver_operation_duration_seconds_count", backend=name, operation="get") == 10
+    assert cold.value(
+        "vaultfs_driver_operation_duration_seconds_count", backend=name, operation="get"
+    ) == cold.value("vaultfs_driver_operations_total", backend=name, operation="get")
 
     # The same bytes again, after the kernel forgot its pages: the daemon serves
     # them from memory, so applications get 10 MiB more and the backend nothing.
