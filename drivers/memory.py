@@ -5,6 +5,7 @@ The one driver allowed to hold whole artifacts in memory.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import io
 import threading
@@ -105,7 +106,7 @@ class MemoryDriver(Driver):
             objects[artifact] = (data, new)
         return new
 
-    def containers(self) -> list[str]:
+    def containers(self) -> builtins.list[str]:
         with self._lock:
             return sorted(self._store)
 

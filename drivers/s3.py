@@ -10,6 +10,7 @@ per request and reports transient failures as :class:`Unavailable`.
 
 from __future__ import annotations
 
+import builtins
 import collections
 import contextlib
 import dataclasses
@@ -691,7 +692,7 @@ class S3Driver(Driver):
         )
 
     # -- containers ------------------------------------------------------
-    def containers(self) -> list[str]:
+    def containers(self) -> builtins.list[str]:
         """Buckets (or the configured ``containers`` when ListBuckets is denied), or top-level prefixes."""
         if self.options.bucket is not None:
             params = {"Bucket": self.options.bucket, "Prefix": self._root, "Delimiter": "/"}

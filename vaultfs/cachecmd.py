@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import config, runtime
 
@@ -52,7 +53,9 @@ def run(args: argparse.Namespace) -> int:
     cache_dir = Path(args.cache_dir)
     dirs = _block_dirs(cache_dir, args.backends)
     if args.action == "stats":
-        rows = [{"backend": d.name, "blocks": b, "bytes": s} for d in dirs for b, s in [_usage(d)]]
+        rows: list[dict[str, Any]] = [
+            {"backend": d.name, "blocks": b, "bytes": s} for d in dirs for b, s in [_usage(d)]
+        ]
         if args.json:
             print(json.dumps(rows))
         else:

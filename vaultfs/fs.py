@@ -13,7 +13,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -198,7 +198,7 @@ class Operations(pyfuse3.Operations):
         self.ns.lookup_ref(node)
         return self.attr(node)
 
-    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
             self.ns.forget(ino, count)
         metrics.INODES.labels(self.backend.name).set(len(self.ns))

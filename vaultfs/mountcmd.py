@@ -178,9 +178,11 @@ def run_umount(args: argparse.Namespace) -> int:
         print(f"vaultfs: {mountpoint} is not mounted", file=sys.stderr)
         return EXIT_FAILED
     record = runtime.find(mountpoint)
-    done = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
-    if done.returncode != 0:
-        reason = done.stderr.strip().removeprefix("fusermount3: ") or f"exit status {done.returncode}"
+    unmounted = subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True, text=True)
+    if unmounted.returncode != 0:
+        reason = (
+            unmounted.stderr.strip().removeprefix("fusermount3: ") or f"exit status {unmounted.returncode}"
+        )
         print(f"vaultfs: cannot unmount {mountpoint}: {reason}", file=sys.stderr)
         return EXIT_FAILED
     if record is not None and not runtime.wait_for_exit(int(record["pid"]), args.timeout):

@@ -168,6 +168,7 @@ class Namespace:
     def _apply(self, node: Node, entry: Entry) -> None:
         d = self.defaults
         default_mode = d.dir_mode if entry.kind is Kind.DIR else d.file_mode
+        meta: dict[str, str] | None
         if entry.meta is None and node.meta is not None and entry.etag in ("", node.etag):
             meta = node.meta  # a listing without metadata does not erase what a stat saw
         else:
