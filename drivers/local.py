@@ -21,6 +21,9 @@ A put holds an exclusive ``flock`` on its temporary file until the rename, so
 removing a directory can tell a crashed put's leftover (removed) from a live one
 (the directory is reported not empty), across processes too.
 
+Name rules, errno mapping, the metadata attribute and the range-limited reader
+are in :mod:`drivers._localfs`; the listing walk is in :mod:`drivers._locallisting`.
+
 Locks: ``_tree_lock`` (directory creation, marking, pruning) and ``_stats_lock``
 (counters) are leaf locks; no code holds one while taking the other.
 """
@@ -32,7 +35,6 @@ import dataclasses
 import errno
 import fcntl
 import io
-import json
 import logging
 import os
 import secrets
@@ -41,50 +43,37 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import IO, Any, ClassVar, NamedTuple, cast
 
-from .base import (
-    MAX_NAME_BYTES,
-    ArtifactInfo,
-    Driver,
-    Prefix,
-    check_artifact_name,
-    check_metadata,
-    split_listing,
+from ._localfs import (
+    META_XATTR,
+    NOT_SUPPORTED,
+    RESERVED_PREFIX,
+    TEMP_PREFIX,
+    RangeReader,
+    Record,
+    artifact_info,
+    bad_segment,
+    check_container_name,
+    encode_record,
+    encoded,
+    etag,
+    inside,
+    map_oserror,
+    mapped,
+    read_record,
+    split_artifact,
+    write_all,
 )
-from .errors import (
-    AccessDenied,
-    AlreadyExists,
-    DriverError,
-    InvalidName,
-    NameTooLong,
-    NotEmpty,
-    NotFound,
-    QuotaExceeded,
-    Unavailable,
-)
+from ._locallisting import walk_level, walk_tree
+from .base import ArtifactInfo, Driver, Prefix, check_metadata, split_listing
+from .errors import AccessDenied, AlreadyExists, DriverError, InvalidName, NotEmpty, NotFound
 
 log = logging.getLogger(__name__)
 
-#: Prefix of the temporary siblings ``put`` writes before renaming; never a valid name segment.
-TEMP_PREFIX = ".vaultfs-tmp-"
-#: Names in the root starting with this are never containers (room for internal state).
-RESERVED_PREFIX = ".vaultfs"
-#: The extended attribute holding ``{"metadata": {...}, "version": "..."}`` as JSON.
-META_XATTR = "user.vaultfs.meta"
-#: The usual file-system limit on one path component.
-MAX_SEGMENT_BYTES = 255
-
 _CHUNK = 1 << 20
 _COPY_RANGE_CHUNK = 1 << 26
-_NOT_SUPPORTED = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP})
-_NO_XATTR = _NOT_SUPPORTED | {errno.ENODATA}
-_TRANSIENT = frozenset(
-    {errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.ESTALE}
-    | {errno.EMFILE, errno.ENFILE, errno.ENOMEM}
-)
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-# Aliases, because ``list`` inside the class body names the method.
-_Entries = list[tuple[str, os.DirEntry[str]]]
+# An alias, because ``list`` inside the class body names the method.
 _Names = list[str]
 
 
@@ -100,131 +89,6 @@ class LocalOptions:
     fsync: bool = True
 
 
-def map_oserror(exc: OSError, what: str) -> DriverError:
-    """Translate an ``OSError`` about ``what`` into the contract's error hierarchy."""
-    code = exc.errno
-    msg = f"{what}: {exc.strerror or exc}"
-    if code in (errno.ENOENT, errno.ENOTDIR):
-        return NotFound(msg)
-    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return AccessDenied(msg)
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        return QuotaExceeded(msg)
-    if code == errno.ENAMETOOLONG:
-        return NameTooLong(msg)
-    if code in (errno.EEXIST, errno.EISDIR):
-        return AlreadyExists(msg)
-    if code == errno.ENOTEMPTY:
-        return NotEmpty(msg)
-    if code in (errno.EINVAL, errno.EILSEQ, errno.ELOOP):
-        return InvalidName(msg)
-    if code in _TRANSIENT:
-        return Unavailable(msg)
-    return DriverError(msg)
-
-
-@contextlib.contextmanager
-def _mapped(what: str) -> Iterator[None]:
-    try:
-        yield
-    except OSError as exc:
-        raise map_oserror(exc, what) from exc
-
-
-def _encoded(name: str, what: str) -> bytes:
-    try:
-        return os.fsencode(name)
-    except UnicodeEncodeError:
-        raise InvalidName(f"{what} {name!r} cannot be encoded as a file name") from None
-
-
-def _check_container_name(name: str) -> None:
-    if not isinstance(name, str) or not name or "/" in name or "\x00" in name or name in (".", ".."):
-        raise InvalidName(f"invalid container name {name!r}")
-    if name.startswith(RESERVED_PREFIX):
-        raise InvalidName(f"container names starting with {RESERVED_PREFIX!r} are reserved")
-    if len(_encoded(name, "container name")) > MAX_SEGMENT_BYTES:
-        raise NameTooLong(f"container name longer than {MAX_SEGMENT_BYTES} bytes")
-
-
-def _bad_segment(seg: str) -> bool:
-    return seg in ("", ".", "..") or seg.startswith(TEMP_PREFIX)
-
-
-def _split_artifact(name: str) -> list[str]:
-    """Validate an artifact name and return its path segments (a marker's trailing '/' dropped)."""
-    _encoded(name, "artifact name")
-    check_artifact_name(name)
-    if name.startswith("/"):
-        raise InvalidName(f"artifact name {name!r} is absolute")
-    segments = (name[:-1] if name.endswith("/") else name).split("/")
-    for seg in segments:
-        if _bad_segment(seg):
-            raise InvalidName(
-                f"artifact name {name!r} has an empty, '.' or '..' segment or uses the reserved prefix"
-                f" {TEMP_PREFIX!r}"
-            )
-        if len(os.fsencode(seg)) > MAX_SEGMENT_BYTES:
-            raise NameTooLong(f"a segment of artifact name {name!r} is longer than {MAX_SEGMENT_BYTES} bytes")
-    return segments
-
-
-def _inside(base: str, path: str) -> bool:
-    return os.path.commonpath([base, path]) == base
-
-
-class _Record(NamedTuple):
-    present: bool
-    metadata: dict[str, str]
-    version: str
-
-
-_NO_RECORD = _Record(False, {}, "")
-
-
-def _read_record(target: str | int) -> _Record:
-    """The metadata attribute of a path or descriptor; an absent one reads as empty."""
-    try:
-        raw = os.getxattr(target, META_XATTR)
-    except OSError as exc:
-        if exc.errno in _NO_XATTR:
-            return _NO_RECORD
-        raise
-    try:
-        record = json.loads(raw)
-        metadata = record.get("metadata", {})
-        version = record.get("version", "")
-        if not (
-            isinstance(metadata, dict)
-            and isinstance(version, str)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())
-        ):
-            raise ValueError("unexpected structure")
-    except (ValueError, AttributeError) as exc:
-        # A damaged attribute must not make the data unreadable; the metadata is lost either way.
-        log.warning("ignoring unreadable %s attribute (%s)", META_XATTR, exc)
-        return _Record(True, {}, "")
-    return _Record(True, metadata, version)
-
-
-def _encode_record(metadata: Mapping[str, str], version: str) -> bytes:
-    record: dict[str, Any] = {"metadata": dict(metadata)}
-    if version:
-        record["version"] = version
-    return json.dumps(record, sort_keys=True, separators=(",", ":")).encode("ascii")
-
-
-def _etag(st: os.stat_result, version: str, size: int | None = None) -> str:
-    tag = f"{st.st_mtime_ns:x}-{st.st_size if size is None else size:x}-{st.st_ino:x}"
-    return f"{tag}-{version}" if version else tag
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 class _Target(NamedTuple):
     container: str
     artifact: str
@@ -236,45 +100,6 @@ class _Target(NamedTuple):
     @property
     def label(self) -> str:
         return f"{self.container}/{self.artifact}"
-
-
-class _RangeReader(io.RawIOBase):
-    """A read-only view of ``[offset, offset+length)`` of an open file; never reads past the limit."""
-
-    def __init__(self, file: io.FileIO, length: int | None, label: str, on_close: Callable[[int], None]):
-        super().__init__()
-        self._file = file
-        self._remaining = length
-        self._label = label
-        self._on_close = on_close
-        self._done = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self.closed:
-            raise ValueError("I/O operation on closed stream")
-        view = memoryview(buffer).cast("B")
-        if self._remaining is not None:
-            view = view[: self._remaining]
-        if not view:
-            return 0
-        with _mapped(self._label):
-            n = self._file.readinto(view) or 0
-        self._done += n
-        if self._remaining is not None:
-            self._remaining -= n
-        return n
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        try:
-            self._file.close()
-        finally:
-            super().close()
-            self._on_close(self._done)
 
 
 class LocalDriver(Driver):
@@ -303,28 +128,28 @@ class LocalDriver(Driver):
         return real
 
     def _container_dir(self, container: str) -> str:
-        _check_container_name(container)
+        check_container_name(container)
         root = self._root_dir()
         real = os.path.realpath(os.path.join(root, container))
-        if real == root or not _inside(root, real):
+        if real == root or not inside(root, real):
             raise InvalidName(f"container {container!r} resolves outside the root")
         if not os.path.isdir(real):
             raise NotFound(f"container {container!r} does not exist")
         return real
 
     def _locate(self, container: str, artifact: str) -> _Target:
-        segments = _split_artifact(artifact)
+        segments = split_artifact(artifact)
         cdir = self._container_dir(container)
         lexical = os.path.join(cdir, *segments)
         real = os.path.realpath(lexical)
-        if real == cdir or not _inside(cdir, real):
+        if real == cdir or not inside(cdir, real):
             raise InvalidName(f"{container}/{artifact} resolves outside its container")
         return _Target(container, artifact, cdir, lexical, real, artifact.endswith("/"))
 
     def _open_checked(self, t: _Target) -> tuple[int, os.stat_result]:
         """Open and fstat the artifact's file (a marker's directory); NotFound if it is the other kind."""
         want = st_mode.S_ISDIR if t.marker else st_mode.S_ISREG
-        with _mapped(t.label):
+        with mapped(t.label):
             # Checked before opening so a device or FIFO is never opened.
             if not want(os.stat(t.real).st_mode):
                 raise NotFound(f"{t.label} does not exist")
@@ -347,9 +172,9 @@ class LocalDriver(Driver):
     def _set_record(self, target: str | int, metadata: dict[str, str], version: str) -> str:
         """Write the attribute; return the version stored ("" where attributes are unsupported)."""
         try:
-            os.setxattr(target, META_XATTR, _encode_record(metadata, version))
+            os.setxattr(target, META_XATTR, encode_record(metadata, version))
         except OSError as exc:
-            if exc.errno not in _NOT_SUPPORTED:
+            if exc.errno not in NOT_SUPPORTED:
                 raise
             if metadata:
                 raise self._no_xattr() from exc
@@ -405,9 +230,9 @@ class LocalDriver(Driver):
     def _prune(self, cdir: str, path: str) -> None:
         """Remove empty, unmarked directories from ``path`` upwards, as S3 forgets implied prefixes."""
         with self._tree_lock:
-            while path != cdir and _inside(cdir, path):
+            while path != cdir and inside(cdir, path):
                 try:
-                    if _read_record(path).present:
+                    if read_record(path).present:
                         break
                     os.rmdir(path)
                 except OSError:
@@ -469,12 +294,12 @@ class LocalDriver(Driver):
             return io.BytesIO(b"")
         file = io.FileIO(fd, "rb", closefd=True)
         try:
-            with _mapped(t.label):
+            with mapped(t.label):
                 file.seek(offset)
         except BaseException:
             file.close()
             raise
-        reader = _RangeReader(file, length, t.label, lambda n: self._count(read=n, ops=0))
+        reader = RangeReader(file, length, t.label, lambda n: self._count(read=n, ops=0))
         return cast(IO[bytes], reader)
 
     def put(
@@ -503,8 +328,8 @@ class LocalDriver(Driver):
             if not chunk:
                 break
             chunk = chunk[:want]
-            with _mapped(t.label):
-                _write_all(fd, chunk)
+            with mapped(t.label):
+                write_all(fd, chunk)
             total += len(chunk)
         if size is not None and total < size:
             # Storing a truncated artifact silently would be worse than failing the put.
@@ -513,7 +338,7 @@ class LocalDriver(Driver):
 
     def _fill_from_fd(self, src: int, dst: int, size: int, t: _Target) -> int:
         total = 0
-        with _mapped(t.label):
+        with mapped(t.label):
             try:
                 # In-kernel copy (a reflink on file systems that share extents).
                 while total < size:
@@ -522,13 +347,13 @@ class LocalDriver(Driver):
                         break
                     total += n
             except OSError as exc:
-                if exc.errno not in _NOT_SUPPORTED | {errno.EXDEV, errno.ENOSYS, errno.EINVAL}:
+                if exc.errno not in NOT_SUPPORTED | {errno.EXDEV, errno.ENOSYS, errno.EINVAL}:
                     raise
             while total < size:
                 chunk = os.read(src, min(_CHUNK, size - total))
                 if not chunk:
                     break
-                _write_all(dst, chunk)
+                write_all(dst, chunk)
                 total += len(chunk)
         if total < size:
             raise DriverError(f"{t.label}: the source shrank while it was copied")
@@ -545,14 +370,14 @@ class LocalDriver(Driver):
             with self._tree_lock:
                 self._make_dirs(t, parent, created)
                 tmp = os.path.join(parent, TEMP_PREFIX + secrets.token_hex(8))
-                with _mapped(t.label):
+                with mapped(t.label):
                     fd = os.open(tmp, _CREATE_FLAGS, 0o666)
                     # Held until the rename: a temp file nobody holds locked is a crashed put's.
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            with _mapped(t.label):
+            with mapped(t.label):
                 self._sync_created(created)
             written = fill(fd)
-            with _mapped(t.label):
+            with mapped(t.label):
                 version = self._set_record(fd, meta, secrets.token_hex(8))
                 if self._fsync:
                     os.fsync(fd)
@@ -564,7 +389,7 @@ class LocalDriver(Driver):
             except OSError as exc:
                 raise map_oserror(exc, t.label) from exc
             tmp = None
-            with _mapped(t.label):
+            with mapped(t.label):
                 fd, closing = -1, fd
                 os.close(closing)
                 if self._fsync:
@@ -582,7 +407,7 @@ class LocalDriver(Driver):
             raise
         self._count(written=written, ops=0)
         log.debug("stored %s (%d bytes)", t.label, written)
-        return ArtifactInfo(t.artifact, st.st_size, st.st_mtime, _etag(st, version), meta)
+        return ArtifactInfo(t.artifact, st.st_size, st.st_mtime, etag(st, version), meta)
 
     def _put_marker(
         self, t: _Target, stream: IO[bytes], size: int | None, meta: dict[str, str]
@@ -593,25 +418,25 @@ class LocalDriver(Driver):
         with self._tree_lock:
             try:
                 self._make_dirs(t, t.real, created)
-                with _mapped(t.label):
+                with mapped(t.label):
                     self._set_record(t.real, meta, "")
                     st = os.stat(t.real)
             except BaseException:
                 self._remove_created(created)
                 raise
-        with _mapped(t.label):
+        with mapped(t.label):
             self._sync_created(created)
-        return ArtifactInfo(t.artifact, 0, st.st_mtime, _etag(st, "", 0), meta)
+        return ArtifactInfo(t.artifact, 0, st.st_mtime, etag(st, "", 0), meta)
 
     def delete(self, container: str, artifact: str) -> None:
         """Unlink the file (a symlink itself, not its target) or remove an empty marked directory."""
         t = self._locate(container, artifact)
         self._count()
         parent = os.path.realpath(os.path.dirname(t.lexical))
-        if not _inside(t.cdir, parent):
+        if not inside(t.cdir, parent):
             raise InvalidName(f"{t.label} resolves outside its container")
         entry = os.path.join(parent, os.path.basename(t.lexical))
-        with _mapped(t.label):
+        with mapped(t.label):
             try:
                 st = os.stat(entry)
             except (FileNotFoundError, NotADirectoryError):
@@ -640,16 +465,11 @@ class LocalDriver(Driver):
         self._count()
         fd, st = self._open_checked(t)
         try:
-            with _mapped(t.label):
-                record = _read_record(fd)
+            with mapped(t.label):
+                record = read_record(fd)
         finally:
             os.close(fd)
-        return self._info(t.artifact, st, record)
-
-    @staticmethod
-    def _info(name: str, st: os.stat_result, record: _Record) -> ArtifactInfo:
-        size = 0 if name.endswith("/") else st.st_size
-        return ArtifactInfo(name, size, st.st_mtime, _etag(st, record.version, size), dict(record.metadata))
+        return artifact_info(t.artifact, st, record)
 
     def update_metadata(self, container: str, artifact: str, metadata: Mapping[str, str]) -> ArtifactInfo:
         """Rewrite the attribute in place; the data, mtime and ETag stay."""
@@ -658,16 +478,16 @@ class LocalDriver(Driver):
         self._count()
         fd, _ = self._open_checked(t)
         try:
-            with _mapped(t.label):
+            with mapped(t.label):
                 if t.marker:
                     with self._tree_lock:
                         version = self._set_record(fd, meta, "")
                 else:
-                    version = self._set_record(fd, meta, _read_record(fd).version)
+                    version = self._set_record(fd, meta, read_record(fd).version)
                 st = os.fstat(fd)
         finally:
             os.close(fd)
-        return self._info(t.artifact, st, _Record(True, meta, version))
+        return artifact_info(t.artifact, st, Record(True, meta, version))
 
     def copy(
         self,
@@ -685,8 +505,8 @@ class LocalDriver(Driver):
         fd, st = self._open_checked(src)
         try:
             if metadata is None:
-                with _mapped(src.label):
-                    metadata = _read_record(fd).metadata
+                with mapped(src.label):
+                    metadata = read_record(fd).metadata
             meta = check_metadata(metadata)
             dst = self._locate(dst_container, dst_artifact)
             return self._put_file(dst, meta, lambda out: self._fill_from_fd(fd, out, st.st_size, dst))
@@ -711,143 +531,20 @@ class LocalDriver(Driver):
             # A prefix whose directory part no artifact name could have matches nothing.
             segments = dir_key[:-1].split("/")
             try:
-                if any(_bad_segment(s) or "\x00" in s or not _encoded(s, "prefix") for s in segments):
+                if any(bad_segment(s) or "\x00" in s or not encoded(s, "prefix") for s in segments):
                     return iter(())
             except InvalidName:
                 return iter(())
             start = os.path.realpath(os.path.join(cdir, *segments))
-            if start == cdir or not _inside(cdir, start):
+            if start == cdir or not inside(cdir, start):
                 return iter(())
         label = f"{container}/{prefix}"
         if delimiter == "/":
-            return self._walk_level(cdir, start, dir_key, leaf, start_after, label)
-        flat = self._walk_tree(cdir, start, dir_key, leaf, start_after, label)
+            return walk_level(cdir, start, dir_key, leaf, start_after, label)
+        flat = walk_tree(cdir, start, dir_key, leaf, start_after, label)
         if delimiter:
             return split_listing(flat, prefix, delimiter, start_after)
         return cast(Iterator[ArtifactInfo | Prefix], flat)
-
-    def _scan(self, cdir: str, path: str, key: str, leaf: str, label: str) -> tuple[_Entries, bool]:
-        """One directory's visible entries as (key, entry) sorted by key, and whether it is bare.
-
-        Directory keys end in '/'.  Bare means nothing at all is in it: a directory holding only
-        an in-flight temp file is not listed as a marker, as S3 shows nothing before a put ends.
-        """
-        out: _Entries = []
-        bare = True
-        try:
-            with os.scandir(path) as it:
-                for entry in it:
-                    bare = False
-                    name = entry.name
-                    if name.startswith(TEMP_PREFIX) or not name.startswith(leaf):
-                        continue
-                    try:
-                        if entry.is_symlink() and not _inside(cdir, os.path.realpath(entry.path)):
-                            continue
-                        if entry.is_dir():
-                            k = f"{key}{name}/"
-                        elif entry.is_file():
-                            k = key + name
-                        else:
-                            continue
-                    except OSError:
-                        continue
-                    # Keys too long to address through the contract are not listed either.
-                    if len(os.fsencode(k)) <= MAX_NAME_BYTES:
-                        out.append((k, entry))
-        except (FileNotFoundError, NotADirectoryError):
-            return [], False
-        except OSError as exc:
-            raise map_oserror(exc, label) from exc
-        out.sort(key=lambda item: item[0])
-        return out, bare
-
-    def _marker(
-        self, path: str, key: str, bare: bool, st: os.stat_result | None = None
-    ) -> ArtifactInfo | None:
-        """The marker entry of a directory if it is bare or marked."""
-        try:
-            st = st or os.stat(path)
-            if not st_mode.S_ISDIR(st.st_mode):
-                return None
-            record = _read_record(path)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        return self._info(key, st, record) if bare or record.present else None
-
-    def _file(self, key: str, entry: os.DirEntry[str]) -> ArtifactInfo | None:
-        try:
-            return self._info(key, entry.stat(), _read_record(entry.path))
-        except (FileNotFoundError, NotADirectoryError):
-            return None  # deleted while we listed
-
-    def _start_marker(
-        self, start: str, dir_key: str, leaf: str, bare: bool, start_after: str | None
-    ) -> Iterator[ArtifactInfo]:
-        # A prefix naming a directory ("a/b/") matches that directory's own marker.
-        if dir_key and not leaf and (start_after is None or dir_key > start_after):
-            info = self._marker(start, dir_key, bare)
-            if info is not None:
-                yield info
-
-    def _walk_level(
-        self, cdir: str, start: str, dir_key: str, leaf: str, start_after: str | None, label: str
-    ) -> Iterator[ArtifactInfo | Prefix]:
-        entries, bare = self._scan(cdir, start, dir_key, leaf, label)
-        yield from self._start_marker(start, dir_key, leaf, bare, start_after)
-        for key, entry in entries:
-            if start_after is not None and key <= start_after:
-                continue
-            if key.endswith("/"):
-                yield Prefix(key)
-            else:
-                info = self._file(key, entry)
-                if info is not None:
-                    yield info
-
-    def _walk_tree(
-        self, cdir: str, start: str, dir_key: str, leaf: str, start_after: str | None, label: str
-    ) -> Iterator[ArtifactInfo]:
-        entries, bare = self._scan(cdir, start, dir_key, leaf, label)
-        yield from self._start_marker(start, dir_key, leaf, bare, start_after)
-        try:
-            st = os.stat(start)
-        except OSError:
-            return
-        # Depth-first over sorted siblings is global key order because a directory sorts as "name/".
-        stack: list[tuple[Iterator[tuple[str, os.DirEntry[str]]], tuple[int, int]]]
-        stack = [(iter(entries), (st.st_dev, st.st_ino))]
-        ancestors = {stack[0][1]}
-        while stack:
-            items, ident = stack[-1]
-            item = next(items, None)
-            if item is None:
-                stack.pop()
-                ancestors.discard(ident)
-                continue
-            key, entry = item
-            if not key.endswith("/"):
-                if start_after is None or key > start_after:
-                    info = self._file(key, entry)
-                    if info is not None:
-                        yield info
-                continue
-            if start_after is not None and key <= start_after and not start_after.startswith(key):
-                continue  # every key below sorts before start_after
-            try:
-                dst = entry.stat()
-            except OSError:
-                continue
-            child = (dst.st_dev, dst.st_ino)
-            if child in ancestors:
-                continue  # a symlink loop
-            children, bare = self._scan(cdir, entry.path, key, "", label)
-            if start_after is None or key > start_after:
-                info = self._marker(entry.path, key, bare, dst)
-                if info is not None:
-                    yield info
-            stack.append((iter(children), child))
-            ancestors.add(child)
 
     # -- containers ------------------------------------------------------
     def containers(self) -> _Names:
@@ -855,7 +552,7 @@ class LocalDriver(Driver):
         root = self._root_dir()
         self._count()
         names: _Names = []
-        with _mapped(f"local root {self._root}"), os.scandir(root) as it:
+        with mapped(f"local root {self._root}"), os.scandir(root) as it:
             for entry in it:
                 if entry.name.startswith(RESERVED_PREFIX):
                     continue
@@ -864,7 +561,7 @@ class LocalDriver(Driver):
                         continue
                     if entry.is_symlink():
                         real = os.path.realpath(entry.path)
-                        if real == root or not _inside(root, real):
+                        if real == root or not inside(root, real):
                             continue
                 except OSError:
                     continue
@@ -873,7 +570,7 @@ class LocalDriver(Driver):
 
     def create_container(self, container: str) -> None:
         """Create the container's directory."""
-        _check_container_name(container)
+        check_container_name(container)
         root = self._root_dir()
         self._count()
         try:
@@ -883,7 +580,7 @@ class LocalDriver(Driver):
         except OSError as exc:
             raise map_oserror(exc, f"container {container!r}") from exc
         if self._fsync:
-            with _mapped(f"container {container!r}"):
+            with mapped(f"container {container!r}"):
                 self._sync_dir(root)
 
     def delete_container(self, container: str) -> None:
@@ -892,7 +589,7 @@ class LocalDriver(Driver):
         root = self._root_dir()
         self._count()
         label = f"container {container!r}"
-        with _mapped(label):
+        with mapped(label):
             self._remove_dir(os.path.join(root, container), label)
             if self._fsync:
                 self._sync_dir(root)

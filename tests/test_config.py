@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from test_registry import SECRET, write_plugins
 
-from vaultfs import config
-from vaultfs.config import Config, ConfigError
+from vaultfs import config, environment, settings
+from vaultfs.config import Config
+from vaultfs.errors import ConfigError
+from vaultfs.options import redact_text, redacted
 
 
 @pytest.fixture
@@ -65,11 +67,11 @@ def fake(config_text: str) -> str:
 )
 def test_expand(text: str, expected: str) -> None:
     environ = {"HOST": "example.org", "PORT": "9000", "EMPTY": ""}
-    assert config.expand(text, environ) == expected
+    assert environment.expand(text, environ) == expected
 
 
 def test_expanded_text_is_not_expanded_again() -> None:
-    assert config.expand("${A}", {"A": "${B}", "B": "no"}) == "${B}"
+    assert environment.expand("${A}", {"A": "${B}", "B": "no"}) == "${B}"
 
 
 @pytest.mark.parametrize("text", ["${1ABC}", "${UNCLOSED", "${A:b}", "${}", "x${A-b}"])
@@ -77,7 +79,7 @@ def test_malformed_reference(text: str) -> None:
     with pytest.raises(
         ValueError, match=r"malformed variable reference at character \d+.*\$\$ for a literal"
     ):
-        config.expand(text, {"A": "1"})
+        environment.expand(text, {"A": "1"})
 
 
 def test_unset_variable_names_file_key_and_variable(tmp_path: Path) -> None:
@@ -327,10 +329,10 @@ def test_secrets_never_appear_in_reprs(tmp_path: Path, plugins: Path) -> None:
     cfg = Config.load(path, environ={"TOKEN": SECRET})
     resolved = config.resolve(cfg, "f")
     assert resolved.options.password == SECRET
-    for text in (repr(cfg), repr(cfg.backends[0]), repr(resolved), str(config.redacted(resolved.options))):
+    for text in (repr(cfg), repr(cfg.backends[0]), repr(resolved), str(redacted(resolved.options))):
         assert SECRET not in text
         assert "'password': '***'" in text
-    assert config.redact_text(f"boom {SECRET}!", resolved.options) == "boom ***!"
+    assert redact_text(f"boom {SECRET}!", resolved.options) == "boom ***!"
 
 
 # -- setting values -----------------------------------------------------------------
@@ -353,41 +355,41 @@ def test_secrets_never_appear_in_reprs(tmp_path: Path, plugins: Path) -> None:
     ],
 )
 def test_parse_size(text: int | str, size: int) -> None:
-    assert config.parse_size(text) == size
+    assert settings.parse_size(text) == size
 
 
 @pytest.mark.parametrize("text", ["", "ten", "10 GiBs", "-1", "1e9", "10 XB", -5, 1.5, True])
 def test_parse_size_refuses(text: object) -> None:
     with pytest.raises(ValueError):
-        config.parse_size(text)  # type: ignore[arg-type]
+        settings.parse_size(text)  # type: ignore[arg-type]
 
 
 def test_format_size() -> None:
-    assert [config.format_size(n) for n in (10 << 30, 1 << 20, 1536, 1000, 0)] == [
+    assert [settings.format_size(n) for n in (10 << 30, 1 << 20, 1536, 1000, 0)] == [
         "10GiB",
         "1MiB",
         "1536",
         "1000",
         "0",
     ]
-    assert config.format_size(3 << 29) == "1536MiB"
+    assert settings.format_size(3 << 29) == "1536MiB"
 
 
 @pytest.mark.parametrize(
     ("value", "mode"), [("022", 0o022), ("0o027", 0o027), ("0777", 0o777), ("7", 7), (0o022, 0o022), (18, 18)]
 )
 def test_parse_octal(value: int | str, mode: int) -> None:
-    assert config.parse_octal(value) == mode
+    assert settings.parse_octal(value) == mode
 
 
 @pytest.mark.parametrize("value", ["089", "0x12", "", "1000", 0o1000, -1])
 def test_parse_octal_refuses(value: int | str) -> None:
     with pytest.raises(ValueError):
-        config.parse_octal(value)
+        settings.parse_octal(value)
 
 
 def test_parse_duration_and_listen() -> None:
-    assert [config.parse_duration(v) for v in (5, 2.5, "5", "1.5s", "500ms", "2m", "1h")] == [
+    assert [settings.parse_duration(v) for v in (5, 2.5, "5", "1.5s", "500ms", "2m", "1h")] == [
         5.0,
         2.5,
         5.0,
@@ -397,13 +399,13 @@ def test_parse_duration_and_listen() -> None:
         3600.0,
     ]
     with pytest.raises(ValueError):
-        config.parse_duration("5 days")
-    assert config.parse_listen("127.0.0.1:9101") == ("127.0.0.1", 9101)
-    assert config.parse_listen("[::1]:0") == ("::1", 0)
-    assert config.parse_listen("") is None and config.parse_listen("off") is None
+        settings.parse_duration("5 days")
+    assert settings.parse_listen("127.0.0.1:9101") == ("127.0.0.1", 9101)
+    assert settings.parse_listen("[::1]:0") == ("::1", 0)
+    assert settings.parse_listen("") is None and settings.parse_listen("off") is None
     for bad in ("9101", ":9101", "host:", "host:99999"):
         with pytest.raises(ValueError):
-            config.parse_listen(bad)
+            settings.parse_listen(bad)
 
 
 def test_setting_values_from_yaml(tmp_path: Path) -> None:
@@ -492,7 +494,7 @@ def test_precedence_defaults_top_level_backend_command_line(tmp_path: Path) -> N
         2,
     )
 
-    overrides, fuse = config.parse_mount_options(["cache_size=4G,workers=8"])
+    overrides, fuse = settings.parse_mount_options(["cache_size=4G,workers=8"])
     overrides["attr_ttl"] = "9"  # text, as a caller without argparse may pass it
     s = config.resolve(cfg, "photos", overrides, mountpoint="/elsewhere").settings
     assert (s.cache_size, s.workers, s.attr_ttl, s.cache_block_size) == (4 << 30, 8, 9.0, 2 << 20)
@@ -502,7 +504,7 @@ def test_precedence_defaults_top_level_backend_command_line(tmp_path: Path) -> N
 
 def test_command_line_flags(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
-    config.add_setting_flags(parser)
+    settings.add_setting_flags(parser)
     args = parser.parse_args(
         [
             "--cache-size",
@@ -517,7 +519,7 @@ def test_command_line_flags(tmp_path: Path) -> None:
             "debug",
         ]
     )
-    overrides = config.overrides_from_args(args)
+    overrides = settings.overrides_from_args(args)
     assert overrides == {
         "cache_size": 1 << 30,
         "cache_enabled": False,
@@ -526,7 +528,7 @@ def test_command_line_flags(tmp_path: Path) -> None:
         "attr_ttl": 0.25,
         "log_level": "DEBUG",
     }
-    assert config.overrides_from_args(parser.parse_args([])) == {}
+    assert settings.overrides_from_args(parser.parse_args([])) == {}
     cfg = Config.load(write(tmp_path, PRECEDENCE), environ={})
     s = config.resolve(cfg, "photos", overrides).settings
     assert (s.cache_size, s.cache_enabled, s.allow_other, s.umask, s.attr_ttl) == (
@@ -540,7 +542,7 @@ def test_command_line_flags(tmp_path: Path) -> None:
 
 def test_bad_flag_value_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser(prog="vaultfs")
-    config.add_setting_flags(parser)
+    settings.add_setting_flags(parser)
     with pytest.raises(SystemExit) as exit_:
         parser.parse_args(["--cache-size", "huge"])
     assert exit_.value.code == 2
@@ -551,7 +553,7 @@ def test_bad_flag_value_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> 
 
 def test_flag_help_shows_defaults() -> None:
     parser = argparse.ArgumentParser()
-    config.add_setting_flags(parser)
+    settings.add_setting_flags(parser)
     text = " ".join(parser.format_help().split())
     assert "--cache-size SIZE byte budget of the block cache" in text
     assert "(default: 10GiB)" in text and "(default: 022)" in text
@@ -578,7 +580,7 @@ def test_resolve_errors(tmp_path: Path) -> None:
 
 # -- -o ---------------------------------------------------------------------------
 def test_mount_options_split_ours_from_libfuses() -> None:
-    overrides, fuse = config.parse_mount_options(
+    overrides, fuse = settings.parse_mount_options(
         [
             "rw,allow_other,default_permissions,cache_size=1G",
             "fsname=vaultfs:photos,ro,umask=027,attr_ttl=2.5,cache_enabled=false,uid=",
@@ -599,7 +601,7 @@ def test_mount_options_split_ours_from_libfuses() -> None:
 
 
 def test_mount_options_drop_mount8_words() -> None:
-    overrides, fuse = config.parse_mount_options(
+    overrides, fuse = settings.parse_mount_options(
         ["defaults,noauto,_netdev,nofail,x-systemd.automount,user,rw"]
     )
     assert (overrides, fuse) == ({}, [])
@@ -607,7 +609,7 @@ def test_mount_options_drop_mount8_words() -> None:
 
 def test_mount_option_errors() -> None:
     with pytest.raises(ConfigError) as err:
-        config.parse_mount_options(["cache_size=big"])
+        settings.parse_mount_options(["cache_size=big"])
     assert str(err.value) == (
         "command line: -o cache_size: expected a size such as 10GiB, 512MiB, 1.5G or a "
         "number of bytes, got 'big'"
@@ -615,43 +617,43 @@ def test_mount_option_errors() -> None:
     with pytest.raises(
         ConfigError, match=r"^command line: -o workers: needs a value, e\.g\. -o workers=\.\.\.$"
     ):
-        config.parse_mount_options(["workers"])
+        settings.parse_mount_options(["workers"])
     with pytest.raises(ConfigError, match=r"-o allow_other: expected true or false, got 'maybe'"):
-        config.parse_mount_options(["allow_other=maybe"])
+        settings.parse_mount_options(["allow_other=maybe"])
 
 
 # -- the settings table ---------------------------------------------------------
 def test_every_setting_is_declared_once_with_consistent_names() -> None:
-    names = [s.option for s in config.SETTINGS]
+    names = [s.option for s in settings.SETTINGS]
     assert len(names) == len(set(names))
-    assert len({s.flag for s in config.SETTINGS}) == len(names)
-    assert names == list(config.Settings.__dataclass_fields__)
-    cache_dir = config.SETTINGS[0]
+    assert len({s.flag for s in settings.SETTINGS}) == len(names)
+    assert names == list(settings.Settings.__dataclass_fields__)
+    cache_dir = settings.SETTINGS[0]
     assert (cache_dir.yaml_name, cache_dir.flag, cache_dir.option) == (
         "cache.dir",
         "--cache-dir",
         "cache_dir",
     )
-    umask = next(s for s in config.SETTINGS if s.key == "umask")
+    umask = next(s for s in settings.SETTINGS if s.key == "umask")
     assert (umask.yaml_name, umask.flag, umask.option, umask.type) == (
         "mount.umask",
         "--umask",
         "umask",
         "octal",
     )
-    defaults = config.Settings()
-    for s in config.SETTINGS:
+    defaults = settings.Settings()
+    for s in settings.SETTINGS:
         assert getattr(defaults, s.option) == s.default
         assert s.parse(s.default) == s.default  # every default passes its own validation
 
 
 def test_render_settings_table() -> None:
-    table = config.render_settings_table()
+    table = settings.render_settings_table()
     lines = table.splitlines()
     assert lines[0] == "| YAML | flag | `-o` | default | meaning |"
     assert lines[1] == "| --- | --- | --- | --- | --- |"
     rows = [line for line in lines[2:] if line.startswith("| `")]
-    assert len(rows) == len(config.SETTINGS)
+    assert len(rows) == len(settings.SETTINGS)
     assert all(row.count(" | ") == 4 for row in rows)
     assert (
         "| `cache.size` | `--cache-size SIZE` | `cache_size` | `10GiB` | byte budget of the block cache; "

@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from drivers._localfs import META_XATTR, TEMP_PREFIX
 from drivers.base import ArtifactInfo, Prefix
 from drivers.errors import (
     AccessDenied,
@@ -34,7 +35,7 @@ from drivers.errors import (
     QuotaExceeded,
     Unavailable,
 )
-from drivers.local import META_XATTR, TEMP_PREFIX, LocalDriver, LocalOptions
+from drivers.local import LocalDriver, LocalOptions
 from drivers.memory import MemoryDriver
 
 C = "c"

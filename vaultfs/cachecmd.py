@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import config, runtime
+from . import runtime
+from .settings import Settings, format_size
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -25,7 +26,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("backends", nargs="*", metavar="NAME", help="only these backends (default: all)")
     parser.add_argument(
         "--cache-dir",
-        default=config.Settings().cache_dir,
+        default=Settings().cache_dir,
         metavar="PATH",
         help="the cache directory (default: %(default)s)",
     )
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"{'BACKEND':20} {'BLOCKS':>8} {'SIZE':>10}")
             for row in rows:
-                print(f"{row['backend']:20} {row['blocks']:>8} {config.format_size(row['bytes']):>10}")
+                print(f"{row['backend']:20} {row['blocks']:>8} {format_size(row['bytes']):>10}")
         return EXIT_OK
     users = [
         r

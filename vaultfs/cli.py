@@ -6,7 +6,7 @@ status.  To add one (``mount``, ``umount``, ``status``, ``cache`` ...), write
 those two functions in the module that owns the feature, keeping heavy imports
 (pyfuse3, trio, boto3) inside ``run`` so ``vaultfs drivers`` stays quick, and
 add a line to :data:`SUBCOMMANDS`.  :func:`add_config_argument` gives the
-shared ``--config``; ``vaultfs.config.add_setting_flags`` the setting flags.
+shared ``--config``; ``vaultfs.settings.add_setting_flags`` the setting flags.
 
 Exit status: 0 success, 1 a backend or operation failed, 2 a usage or
 configuration error (reported on stderr, without a traceback).
@@ -25,6 +25,9 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from . import __version__, cachecmd, config, logs, mountcmd, registry, status
+from .errors import ConfigError
+from .options import redact_text
+from .settings import parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 
 def _positive_seconds(text: str) -> float:
     try:
-        seconds = config.parse_duration(text)
+        seconds = parse_duration(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
     if seconds <= 0:
@@ -131,7 +134,7 @@ def _check_one(backend: config.BackendConfig, results: list[CheckResult]) -> Non
     except Exception as exc:
         # Any failure of a driver, expected or not, is this backend's status, not a crash of the check.
         log.debug("health check of %s failed", backend.name, exc_info=True)
-        message = " ".join(config.redact_text(str(exc), backend.options).split())
+        message = " ".join(redact_text(str(exc), backend.options).split())
         status = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     else:
         ok, status = True, "ok"
@@ -256,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level)
     try:
         return SUBCOMMANDS[args.command].run(args)
-    except (config.ConfigError, registry.RegistryError) as exc:
+    except (ConfigError, registry.RegistryError) as exc:
         for line in str(exc).splitlines():
             print(f"vaultfs: {line}", file=sys.stderr)
         return EXIT_USAGE

@@ -30,12 +30,13 @@ from . import attrs, kernel, logs, metrics, registry, runtime, sdnotify
 from .attrindex import AttrIndex
 from .backend import Backend, HealthState
 from .cache import BlockCache
-from .config import ResolvedBackend, Settings
+from .config import ResolvedBackend
 from .files import Files
 from .fs import FsOptions, Operations
 from .http import MetricsServer, MountState
 from .namespace import Namespace
 from .reader import Reader
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import config, kernel, runtime
+from .errors import ConfigError
+from .settings import add_setting_flags, overrides_from_args, parse_mount_options, split_option_list
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -42,7 +44,7 @@ def configure_mount(parser: argparse.ArgumentParser) -> None:
         metavar="OPTS",
         help="comma-separated settings (key=value, see the README), config=PATH, and libfuse options",
     )
-    config.add_setting_flags(parser)
+    add_setting_flags(parser)
 
 
 def _is_directory_source(source: str) -> bool:
@@ -54,7 +56,7 @@ def _configured_mountpoint(config_path: str | None, source: str) -> str:
     cfg = config.Config.load(config_path)
     backend = cfg.backend(source)
     if not backend.mountpoint:
-        raise config.ConfigError(
+        raise ConfigError(
             cfg.source,
             f"backend {source!r} has no mountpoint: give MOUNTPOINT, or set it in the configuration",
             key=f"backends[{cfg.names.index(source)}].mountpoint",
@@ -68,7 +70,7 @@ def take_config_option(values: Sequence[str]) -> tuple[list[str], str | None]:
     config_path: str | None = None
     for value in values:
         kept = []
-        for item in config.split_option_list(value):
+        for item in split_option_list(value):
             if item.startswith("config="):
                 config_path = item[len("config=") :].replace("\\,", ",")
             else:
@@ -87,8 +89,8 @@ def run_mount(args: argparse.Namespace) -> int:
     args.mount_options, config_path = take_config_option(args.mount_options)
     if config_path is not None:
         args.config = config_path
-    option_overrides, fuse_options = config.parse_mount_options(args.mount_options)
-    overrides = {**option_overrides, **config.overrides_from_args(args)}
+    option_overrides, fuse_options = parse_mount_options(args.mount_options)
+    overrides = {**option_overrides, **overrides_from_args(args)}
     if any(o.startswith("subtype=") for o in fuse_options):
         print(
             "vaultfs: -o subtype= cannot be changed: fstab and umount -t rely on fuse.vaultfs",
