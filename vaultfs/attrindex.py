@@ -50,6 +50,8 @@ class AttrIndex:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self._pending: dict[tuple[str, str], dict[str, tuple[str, dict[str, str]] | None]] = {}
+        # Updates being written now: still not in the stored index until the write ends.
+        self._writing: dict[tuple[str, str], dict[str, tuple[str, dict[str, str]] | None]] = {}
         self._wakeup = trio.Event()
 
     async def load(self, container: str, directory: str) -> Index:
@@ -67,6 +69,20 @@ class AttrIndex:
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring a malformed attribute index in %s/%s", container, directory)
             return {}
+
+    def with_pending(self, container: str, directory: str, index: Index) -> Index:
+        """``index`` with the updates this mount has made but not written yet."""
+        merged = index
+        for source in (self._writing, self._pending):  # older first
+            changes = source.get((container, directory))
+            if changes:
+                merged = dict(merged)
+                for name, entry in changes.items():
+                    if entry is None:
+                        merged.pop(name, None)
+                    else:
+                        merged[name] = entry
+        return merged
 
     def record(self, container: str, key: str, etag: str, meta: Mapping[str, str] | None) -> None:
         """Note that ``key`` now has ``meta`` at version ``etag`` (``None``: it is gone)."""
@@ -86,6 +102,7 @@ class AttrIndex:
     async def flush(self) -> None:
         """Write every pending update now."""
         pending, self._pending = self._pending, {}
+        self._writing = pending
         for (container, directory), changes in pending.items():
             try:
                 index = await self.load(container, directory)
@@ -97,6 +114,7 @@ class AttrIndex:
                 await self._store(container, directory, index)
             except DriverError as exc:
                 log.warning("cannot update the attribute index of %s/%s: %s", container, directory, exc)
+        self._writing = {}
 
     async def _store(self, container: str, directory: str, index: Index) -> None:
         key = directory + INDEX_NAME

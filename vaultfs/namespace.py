@@ -440,7 +440,8 @@ class Namespace:
             return {}
         if reload or node.attr_index is None:
             node.attr_index = await self.index.load(node.container, node.key)
-        return node.attr_index
+        # What this mount wrote in the last second is not in the stored index yet.
+        return self.index.with_pending(node.container, node.key, node.attr_index)
 
     def _complete_from_memory(self, parent: Node, name: str, entry: Entry) -> None:
         """Fill a listed entry lacking metadata from the node we already hold for it, if still current."""
