@@ -782,3 +782,133 @@ def replay(
             m.teardown()
 
     run_checked(setup, run)
+
+
+# Fixed in 52e6755 (found by OpenFilesModel).
+
+
+def test_regression_new_open_file_is_listed_and_found(setup: Setup, tmp_path: Path) -> None:
+    """A file created but not yet flushed is in no backend listing; it must still be listed and found."""
+    replay(setup, tmp_path, [("open_handle", {"path": "a", "create": True})])
+
+
+def test_regression_rename_over_an_open_file(setup: Setup, tmp_path: Path) -> None:
+    """The replaced file's descriptor must not upload its data over the renamed file on close."""
+    replay(
+        setup,
+        tmp_path,
+        [
+            ("create_file", {"path": "a", "data": b"new"}),
+            ("create_file", {"path": "b", "data": b"old"}),
+            ("open_handle", {"path": "b", "create": False}),
+            ("handle_write", {"index": 0, "offset": 0, "data": b"O"}),
+            ("rename", {"src": "a", "dst": "b"}),
+            ("handle_close", {"index": 0}),
+        ],
+    )
+
+
+def test_regression_recreate_after_unlinking_an_open_file(setup: Setup, tmp_path: Path) -> None:
+    """A new file under an unlinked open file's name must not share its (never uploaded) state."""
+    replay(
+        setup,
+        tmp_path,
+        [
+            ("create_file", {"path": "a", "data": b"old"}),
+            ("open_handle", {"path": "a", "create": False}),
+            ("unlink", {"path": "a"}),
+            ("create_file", {"path": "a", "data": b"new"}),
+        ],
+    )
+
+
+# Open: each names its bug; the proposed fixes are in the report of the change that added them.
+
+BUG_RENAME_DIR_LOSES_NEW_FILE = (
+    "bug: renaming a directory drops a new, not yet flushed file inside it from the namespace"
+    " (Namespace.moved forgets it is unflushed), so it is missing under the new name until closed"
+)
+BUG_NEW_FILE_IMPLIED_DIR = (
+    "bug: a new, not yet flushed file does not keep its directory alive: when that directory exists"
+    " only through stored files and the last of them is deleted, directory and file vanish until close"
+)
+BUG_INODE_REUSED_FOR_OTHER_KIND = (
+    "bug: when a name changes kind behind the mount (another client deleted the file, the mount made a"
+    " directory), the new entry reuses the old inode number; the kernel marks the old inode bad, so"
+    " descriptors still open on the file fail with EIO, and a late forget of it drops the new node"
+)
+BUG_RMDIR_IGNORES_NEW_FILES = "bug: rmdir removes a directory holding a new, not yet flushed file"
+BUG_DEAD_DIRECTORY_INODE_REUSED = (
+    "bug: a directory made again after rmdir reuses the removed one's inode number; while the kernel"
+    " still holds the removed (dead) inode, every create in the new directory fails with ENOENT"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=BUG_RENAME_DIR_LOSES_NEW_FILE)
+def test_regression_rename_directory_holding_a_new_open_file(setup: Setup, tmp_path: Path) -> None:
+    replay(
+        setup,
+        tmp_path,
+        [
+            ("mkdir", {"path": "a"}),
+            ("open_handle", {"path": "a/b", "create": True}),
+            ("rename", {"src": "a", "dst": "c"}),
+        ],
+    )
+
+
+@pytest.mark.xfail(strict=True, reason=BUG_NEW_FILE_IMPLIED_DIR)
+def test_regression_new_open_file_keeps_its_implied_directory(setup: Setup, tmp_path: Path) -> None:
+    replay(
+        setup,
+        tmp_path,
+        [
+            ("other_put", {"path": "a/a", "data": b"1"}),
+            ("open_handle", {"path": "a/b", "create": True}),
+            ("unlink", {"path": "a/a"}),
+        ],
+    )
+
+
+@pytest.mark.xfail(strict=True, reason=BUG_INODE_REUSED_FOR_OTHER_KIND)
+def test_regression_open_file_replaced_by_a_directory(setup: Setup, tmp_path: Path) -> None:
+    replay(
+        setup,
+        tmp_path,
+        [
+            ("create_file", {"path": "b", "data": b"x"}),
+            ("open_handle", {"path": "b", "create": False}),
+            ("other_delete", {"path": "b"}),
+            ("mkdir", {"path": "b"}),
+            ("handle_close", {"index": 0}),
+        ],
+    )
+
+
+def test_regression_rmdir_of_a_directory_holding_a_new_open_file(setup: Setup, tmp_path: Path) -> None:
+    replay(
+        setup,
+        tmp_path,
+        [
+            ("mkdir", {"path": "a"}),
+            ("open_handle", {"path": "a/c", "create": True}),
+            ("rmdir", {"path": "a"}),
+        ],
+    )
+
+
+def test_regression_directory_made_again_after_rmdir(setup: Setup, tmp_path: Path) -> None:
+    """The unlinked open file keeps the removed directory's inode alive in the kernel."""
+    replay(
+        setup,
+        tmp_path,
+        [
+            ("mkdir", {"path": "a"}),
+            ("create_file", {"path": "a/c", "data": b""}),
+            ("open_handle", {"path": "a/c", "create": False}),
+            ("unlink", {"path": "a/c"}),
+            ("rmdir", {"path": "a"}),
+            ("mkdir", {"path": "a"}),
+            ("create_file", {"path": "a/b", "data": b"x"}),
+        ],
+    )

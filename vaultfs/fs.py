@@ -354,6 +354,7 @@ class Operations(pyfuse3.Operations):
             self.ns.record_gone(node.container, node.key)
         self.ns.forget_name(parent, os.fsdecode(name))
         self.ns.invalidate(node)
+        self.ns.detach(node)
 
     # -- files -----------------------------------------------------------
     @operation

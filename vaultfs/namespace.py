@@ -469,6 +469,8 @@ class Namespace:
 
     async def is_empty(self, node: Node) -> bool:
         """Whether directory ``node`` has no children (its own marker and attribute index aside)."""
+        if any(c == node.container and key.startswith(node.key) for c, key in self._unflushed):
+            return False  # a new file no upload has stored yet
         ours = (node.key, node.key + INDEX_NAME)
         items = await self.backend.list_page(node.container, prefix=node.key, limit=3)
         return all(item.name in ours for item in items)
