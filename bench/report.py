@@ -27,6 +27,8 @@ class Results:
     samples: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     errors: dict[str, list[str]] = field(default_factory=dict)
     rss: dict[str, tuple[int, str]] = field(default_factory=dict)
+    load: list[float] = field(default_factory=list)  # 1-minute load average as each target run began
+    ops: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)  # driver calls in a step
 
     def add(self, workload: str, target: str, value: float) -> None:
         self.samples.setdefault((workload, target), []).append(value)
@@ -154,6 +156,26 @@ def pinned_table(r: Results) -> list[str]:
             lines.append(f"| {v} ahead of the best peer (ranges apart) | {ahead} of {total} workloads "
                          f"({behind} behind, {overlap} overlapping) | all | {met} |")
     return lines if len(lines) > 2 else []
+
+
+def ops_table(r: Results) -> list[str]:
+    """Driver calls per workload for the targets that count them (vaultfs), e.g. ``get 1,024, stat 2``."""
+    cols = [t for t in r.targets if any(k[1] == t for k in r.ops)]
+    if not cols:
+        return []
+    lines = ["| workload | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for w in r.workloads:
+        cells = []
+        for t in cols:
+            ops = r.ops.get((w.key, t))
+            if ops is None:
+                cells.append(DASH)
+            else:
+                shown = sorted(((op, n) for op, n in ops.items() if n), key=lambda x: -x[1])
+                cells.append(", ".join(f"{op} {n:,}" for op, n in shown) or "none")
+        if any(c != DASH for c in cells):
+            lines.append(f"| {w.label} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def rss_table(r: Results) -> list[str]:

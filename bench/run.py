@@ -20,10 +20,12 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -102,18 +104,25 @@ class Bench:
         self.targets = targets
         self.pattern = wl.make_pattern()
         self.names = wl.small_names(cfg.files)
+        self.ops: Counter[str] | None = None  # driver calls during the last timed step, where known
 
     # --- helpers ------------------------------------------------------------------------------
     def timed(self, t: Target, what: str, fn: Callable[[], Any]) -> tuple[float, Any]:
         """Time ``fn`` under a watchdog that kills the daemon to unblock us; returns (seconds, result)."""
         os.sync()
+        before = t.driver_ops()
         with watchdog(self.cfg.timeout, t.kill, f"{t.name}: {what}"):
             began = time.perf_counter()
             out = fn()
-            return time.perf_counter() - began, out
+            took = time.perf_counter() - began
+        after = t.driver_ops()
+        self.ops = after - before if before is not None and after is not None else None
+        return took, out
 
     def record(self, key: str, t: Target, value: float, unit: str) -> None:
         self.res.add(key, t.name, value)
+        if self.ops is not None:
+            self.res.ops[(key, t.name)] = dict(self.ops)
         log.info("  %-18s %-11s %12s %s", t.name, key, report.fmt(value), unit)
 
     def wait_for(self, t: Target, what: str, check: Callable[[], bool]) -> None:
@@ -267,6 +276,7 @@ class Bench:
         for run in range(self.cfg.runs):
             for t in self.targets:
                 log.info("run %d/%d: %s", run + 1, self.cfg.runs, t.name)
+                self.res.load.append(os.getloadavg()[0])
                 began = time.monotonic()
                 try:
                     self.run_target(t)
@@ -284,22 +294,20 @@ class Bench:
                 log.info("  (%s took %.0fs)", t.name, time.monotonic() - began)
 
 
-def header(cfg: Config, env: Env, argv: list[str], wall: float, skipped: list[str]) -> list[str]:
+def header(cfg: Config, env: Env, r: Results, argv: list[str], wall: float, skipped: list[str]) -> list[str]:
     repo = str(Path(__file__).resolve().parent.parent)
     rev = subprocess.run(["git", "-C", repo, "rev-parse", "--short", env.vaultfs_rev],
                          capture_output=True, text=True, check=False).stdout.strip()
-    dirty = env.vaultfs_src is None and subprocess.run(
-        ["git", "-C", repo, "status", "--porcelain", "vaultfs", "drivers"],
-        capture_output=True, text=True, check=False).stdout.strip()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
     lines = [
         f"Command: `{' '.join(['.venv/bin/python', 'bench/run.py', *argv])}`",
         "",
         f"- When: {time.strftime('%Y-%m-%d %H:%M %Z')}; took {wall / 60:.1f} min; "
         f"machine: {os.cpu_count()} CPUs, "
-        f"{mem:.0f} GiB RAM, Linux {platform.release()}; load average (1 min) at the start "
-        f"{env.load_start:.1f}, at the end {os.getloadavg()[0]:.1f}",
-        f"- vaultfs {rev}{' with uncommitted changes in vaultfs/ or drivers/' if dirty else ''}; "
+        f"{mem:.0f} GiB RAM, Linux {platform.release()}; 1-minute load average when each target started "
+        f"{min(r.load, default=0):.1f}{DASH}{max(r.load, default=0):.1f} (median "
+        f"{statistics.median(r.load or [0]):.1f}): other work on the machine widens the ranges",
+        f"- vaultfs {rev}{' plus uncommitted changes' if env.vaultfs_dirty else ''}; "
         + "; ".join(f"{k} {v}" for k, v in env.versions.items()),
         f"- Medians of {cfg.runs} run(s), min{DASH}max in brackets; every figure is a rate "
         "(higher is better). "
@@ -347,10 +355,11 @@ def main() -> int:
     if args.only and not cfg.groups <= set(GROUPS):
         p.error(f"--only takes {','.join(GROUPS)}")
 
-    # SIGTERM and SIGHUP clean up like Ctrl-C.
+    # Ctrl-C, SIGTERM and SIGHUP all clean up (SIGINT too when a shell started us ignoring it).
     def interrupted(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
+    signal.signal(signal.SIGINT, interrupted)
     signal.signal(signal.SIGTERM, interrupted)
     signal.signal(signal.SIGHUP, interrupted)
     procs.remove_stale_mounts(SCRATCH_MARKER)
@@ -358,12 +367,17 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix=SCRATCH_MARKER, dir=args.tmpdir))
     env = Env(base)
     if args.vaultfs_rev:
-        env.vaultfs_src = snapshot(args.vaultfs_rev, base / "vaultfs-src")
-        env.vaultfs_rev = args.vaultfs_rev
+        env.vaultfs_rev = resolve(args.vaultfs_rev)
+        env.vaultfs_src = snapshot(env.vaultfs_rev, base / "vaultfs-src")
+    else:
+        env.vaultfs_rev = resolve("HEAD")
+        repo = str(Path(__file__).resolve().parent.parent)
+        env.vaultfs_dirty = bool(subprocess.run(
+            ["git", "-C", repo, "status", "--porcelain", "vaultfs", "drivers"],
+            capture_output=True, text=True, check=False, timeout=30).stdout.strip())
     targets: list[Target] = []
     skipped: list[str] = []
     began = time.monotonic()
-    env.load_start = os.getloadavg()[0]
     try:
         for name in cfg.targets:
             t = build(name, env)
@@ -413,6 +427,13 @@ def main() -> int:
             shutil.rmtree(base, ignore_errors=True)
 
 
+def resolve(rev: str) -> str:
+    """The commit ``rev`` names now (so a commit made during the run does not change the report)."""
+    repo = Path(__file__).resolve().parent.parent
+    return subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", rev + "^{commit}"],
+                          capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+
+
 def snapshot(rev: str, dest: Path) -> Path:
     """Export vaultfs/ and drivers/ as of ``rev`` into ``dest`` (git archive: no change to the repository)."""
     repo = Path(__file__).resolve().parent.parent
@@ -438,7 +459,7 @@ def collect_versions(targets: list[Target]) -> dict[str, str]:
 
 def write_report(cfg: Config, env: Env, r: Results, targets: list[Target], argv: list[str], wall: float,
                  skipped: list[str], out: Path) -> None:
-    text = ["# vaultfs benchmark", "", *header(cfg, env, argv, wall, skipped), "", "## Results", "",
+    text = ["# vaultfs benchmark", "", *header(cfg, env, r, argv, wall, skipped), "", "## Results", "",
             *report.results_table(r, cfg.runs), ""]
     ratios = report.ratio_table(r)
     if ratios:
@@ -448,6 +469,12 @@ def write_report(cfg: Config, env: Env, r: Results, targets: list[Target], argv:
     pinned = report.pinned_table(r)
     if pinned:
         text += ["## Pinned targets (issue 4)", "", *pinned, ""]
+    ops = report.ops_table(r)
+    if ops:
+        text += ["## vaultfs backend requests per workload", "",
+                 "Driver calls the daemon counted (`vaultfs_driver_operations_total`) during the step, "
+                 "last run.",
+                 "", *ops, ""]
     rss = report.rss_table(r)
     if rss:
         text += ["## Daemon peak RSS", "",
@@ -460,8 +487,9 @@ def write_report(cfg: Config, env: Env, r: Results, targets: list[Target], argv:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(text))
     samples = {f"{w}/{t}": v for (w, t), v in r.samples.items()}
-    out.with_suffix(".json").write_text(json.dumps({"samples": samples, "errors": r.errors,
-                                                    "rss": r.rss}, indent=1) + "\n")
+    driver_ops = {f"{w}/{t}": v for (w, t), v in r.ops.items()}
+    dump = {"samples": samples, "errors": r.errors, "rss": r.rss, "load": r.load, "driver_ops": driver_ops}
+    out.with_suffix(".json").write_text(json.dumps(dump, indent=1) + "\n")
     print("\n".join(text))
     log.info("report written to %s", out)
 

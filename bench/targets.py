@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
+import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,8 +49,8 @@ class Env:
 
     base: Path
     vaultfs_src: Path | None = None  # run vaultfs from this source tree instead of the installed one
-    load_start: float = 0.0
-    vaultfs_rev: str = "HEAD"  # the revision that tree is, or the working tree's base
+    vaultfs_rev: str = "HEAD"  # the commit that tree is, or the working tree's base
+    vaultfs_dirty: bool = False  # the working tree differs from vaultfs_rev in vaultfs/ or drivers/
     server: BenchServer | None = None
     client: Any = None
     versions: dict[str, str] = field(default_factory=dict)
@@ -73,6 +77,41 @@ def vaultfs_command(env: Env) -> list[str]:
     if env.vaultfs_src is None:
         return [find_binary("vaultfs") or "vaultfs"]
     return [sys.executable, "-c", "import sys; from vaultfs.cli import main; sys.exit(main())"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+_DRIVER_OP = re.compile(r'^vaultfs_driver_operations_total\{([^}]*)\} ([0-9.e+]+)$')
+_OPERATION = re.compile(r'operation="([^"]*)"')
+
+
+class VaultfsMetrics:
+    """The daemon's own count of driver calls (``vaultfs_driver_operations_total``) by operation."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+
+    @property
+    def flags(self) -> list[str]:
+        return ["--metrics-listen", f"127.0.0.1:{self.port}"]
+
+    def driver_ops(self) -> Counter[str] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as answer:
+                text = answer.read().decode()
+        except OSError:
+            return None
+        ops: Counter[str] = Counter()
+        for line in text.splitlines():
+            m = _DRIVER_OP.match(line)
+            if m:
+                op = _OPERATION.search(m.group(1))
+                ops[op.group(1) if op else "?"] += int(float(m.group(2)))
+        return ops
 
 
 def vaultfs_env(env: Env) -> dict[str, str] | None:
@@ -152,6 +191,10 @@ class Target:
     def clear_cache(self) -> None:
         """Empty this target's own disk cache (called while unmounted)."""
 
+    def driver_ops(self) -> Counter[str] | None:
+        """Backend requests the daemon has made since it mounted, by operation, where it says."""
+        return None
+
     def cleanup(self) -> None:
         self.kill()
 
@@ -200,8 +243,12 @@ class VaultfsLocal(Target):
         return self.mountpoint / self.name  # the container is the backend directory
 
     def command(self) -> list[str]:
+        self.metrics = VaultfsMetrics()
         return [*vaultfs_command(self.env), "mount", str(self.env.local_root), str(self.mountpoint),
-                "--foreground", "--cache-dir", str(self.cache_dir)]
+                "--foreground", "--cache-dir", str(self.cache_dir), *self.metrics.flags]
+
+    def driver_ops(self) -> Counter[str] | None:
+        return self.metrics.driver_ops() if self.daemon is not None else None
 
     def daemon_env(self) -> dict[str, str] | None:
         return vaultfs_env(self.env)
@@ -260,8 +307,13 @@ class VaultfsS3(S3Target):
         config.chmod(0o600)
 
     def command(self) -> list[str]:
+        self.metrics = VaultfsMetrics()
         return [*vaultfs_command(self.env), "mount", "vaultfs-bench-s3", str(self.mountpoint), "--foreground",
-                "--config", str(self.scratch / "config.yaml"), "--cache-dir", str(self.cache_dir)]
+                "--config", str(self.scratch / "config.yaml"), "--cache-dir", str(self.cache_dir),
+                *self.metrics.flags]
+
+    def driver_ops(self) -> Counter[str] | None:
+        return self.metrics.driver_ops() if self.daemon is not None else None
 
     def daemon_env(self) -> dict[str, str] | None:
         return vaultfs_env(self.env)
