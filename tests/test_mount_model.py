@@ -822,30 +822,8 @@ def test_regression_recreate_after_unlinking_an_open_file(setup: Setup, tmp_path
     )
 
 
-# Open: each names its bug; the proposed fixes are in the report of the change that added them.
-
-BUG_RENAME_DIR_LOSES_NEW_FILE = (
-    "bug: renaming a directory drops a new, not yet flushed file inside it from the namespace"
-    " (Namespace.moved forgets it is unflushed), so it is missing under the new name until closed"
-)
-BUG_NEW_FILE_IMPLIED_DIR = (
-    "bug: a new, not yet flushed file does not keep its directory alive: when that directory exists"
-    " only through stored files and the last of them is deleted, directory and file vanish until close"
-)
-BUG_INODE_REUSED_FOR_OTHER_KIND = (
-    "bug: when a name changes kind behind the mount (another client deleted the file, the mount made a"
-    " directory), the new entry reuses the old inode number; the kernel marks the old inode bad, so"
-    " descriptors still open on the file fail with EIO, and a late forget of it drops the new node"
-)
-BUG_RMDIR_IGNORES_NEW_FILES = "bug: rmdir removes a directory holding a new, not yet flushed file"
-BUG_DEAD_DIRECTORY_INODE_REUSED = (
-    "bug: a directory made again after rmdir reuses the removed one's inode number; while the kernel"
-    " still holds the removed (dead) inode, every create in the new directory fails with ENOENT"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=BUG_RENAME_DIR_LOSES_NEW_FILE)
 def test_regression_rename_directory_holding_a_new_open_file(setup: Setup, tmp_path: Path) -> None:
+    """A new, not yet flushed file follows its directory through a rename."""
     replay(
         setup,
         tmp_path,
@@ -857,8 +835,8 @@ def test_regression_rename_directory_holding_a_new_open_file(setup: Setup, tmp_p
     )
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_NEW_FILE_IMPLIED_DIR)
 def test_regression_new_open_file_keeps_its_implied_directory(setup: Setup, tmp_path: Path) -> None:
+    """A new, not yet flushed file keeps its directory alive after the last stored file in it goes."""
     replay(
         setup,
         tmp_path,
@@ -870,8 +848,8 @@ def test_regression_new_open_file_keeps_its_implied_directory(setup: Setup, tmp_
     )
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_INODE_REUSED_FOR_OTHER_KIND)
 def test_regression_open_file_replaced_by_a_directory(setup: Setup, tmp_path: Path) -> None:
+    """A name that changes kind behind the mount gets a new inode; the open file still closes cleanly."""
     replay(
         setup,
         tmp_path,
@@ -886,6 +864,7 @@ def test_regression_open_file_replaced_by_a_directory(setup: Setup, tmp_path: Pa
 
 
 def test_regression_rmdir_of_a_directory_holding_a_new_open_file(setup: Setup, tmp_path: Path) -> None:
+    """rmdir refuses a directory holding a new, not yet flushed file."""
     replay(
         setup,
         tmp_path,

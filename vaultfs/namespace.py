@@ -156,7 +156,13 @@ class Namespace:
         """Find or make the node for (container, key), refreshed from ``entry``."""
         ino = self._ino_for(container, key)
         node = self._nodes.get(ino)
-        if node is None or node.kind is not entry.kind:
+        if node is not None and node.kind is not entry.kind:
+            # The kernel refuses an inode whose type changes, and open descriptors
+            # still mean the old object: the new kind gets a new number.
+            self.detach(node)
+            ino = self._ino_for(container, key)
+            node = None
+        if node is None:
             node = Node(ino, container, key, entry.kind, 0, 0, 0)
             self._nodes[ino] = node
             self._by_path[(container, key.rstrip("/"))] = ino
@@ -236,10 +242,15 @@ class Namespace:
 
     def moved(self, node: Node, container: str, key: str) -> None:
         """Re-home a node after a rename so its inode number follows the file."""
-        self._by_path.pop((node.container, node.key.rstrip("/")), None)
+        path = (node.container, node.key.rstrip("/"))
+        if self._by_path.get(path) == node.ino:
+            del self._by_path[path]
+        unflushed = self._unflushed.get((node.container, node.key)) is node
         self.remove_unflushed(node)
         node.container, node.key = container, key
         self._by_path[(container, key.rstrip("/"))] = node.ino
+        if unflushed:
+            self._unflushed[(container, key)] = node
 
     def find(self, container: str, key: str) -> Node | None:
         """The node the kernel knows for (container, key), if any."""
@@ -269,7 +280,8 @@ class Namespace:
     def release_if_unused(self, node: Node) -> None:
         """Drop a node the kernel no longer references and nobody has open."""
         if node.lookups <= 0 and node.opens <= 0 and not node.is_root:
-            self._nodes.pop(node.ino, None)
+            if self._nodes.get(node.ino) is node:
+                del self._nodes[node.ino]
             if self._by_path.get((node.container, node.key.rstrip("/"))) == node.ino:
                 del self._by_path[(node.container, node.key.rstrip("/"))]
 
@@ -282,6 +294,21 @@ class Namespace:
         unflushed = self._unflushed.get((parent.container, parent.key + name))
         if unflushed is not None and not parent.is_root:
             return unflushed
+        try:
+            return await self._lookup_stored(parent, name, now)
+        except NotFound:
+            if parent.is_root or not self._holds_unflushed(parent.container, parent.key + name + "/"):
+                raise
+        # Only a new file no upload has stored yet keeps this directory alive.
+        known = self.find(parent.container, parent.key + name + "/")
+        if known is not None and known.kind is Kind.DIR:
+            return known
+        return self.remember(parent, name, Entry(Kind.DIR, meta={}))
+
+    def _holds_unflushed(self, container: str, prefix: str) -> bool:
+        return any(c == container and key.startswith(prefix) for c, key in self._unflushed)
+
+    async def _lookup_stored(self, parent: Node, name: str, now: float) -> Node:
         if parent.negative.get(name, 0) > now:
             raise NotFound(name)
         if parent.children is not None and parent.children_expires > now:
@@ -414,7 +441,11 @@ class Namespace:
         if after is None:
             for (container, key), new in self._unflushed.items():
                 name = key[len(node.key) :]
-                if container == node.container and key.startswith(node.key) and "/" not in name:
+                if container != node.container or not key.startswith(node.key):
+                    continue
+                if "/" in name:
+                    out.setdefault(name.split("/", 1)[0], Entry(Kind.DIR))  # kept alive by the new file
+                else:
                     out.setdefault(name, Entry(new.kind, new.size, new.mtime_ns / 1e9, new.etag, new.meta))
         for name, entry in out.items():
             self._complete_from_memory(node, name, entry)
@@ -469,7 +500,7 @@ class Namespace:
 
     async def is_empty(self, node: Node) -> bool:
         """Whether directory ``node`` has no children (its own marker and attribute index aside)."""
-        if any(c == node.container and key.startswith(node.key) for c, key in self._unflushed):
+        if self._holds_unflushed(node.container, node.key):
             return False  # a new file no upload has stored yet
         ours = (node.key, node.key + INDEX_NAME)
         items = await self.backend.list_page(node.container, prefix=node.key, limit=3)
