@@ -22,13 +22,13 @@ documents, is allowed and nothing else:
 :class:`MountModel` closes every file within the step that opened it.
 :class:`OpenFilesModel` adds descriptors that stay open across steps while the
 tree changes around them (writes through them, renames and unlinks of their
-files); it is expected to fail until the bugs its regression tests below name
-are fixed.
+files).
 
 The backend is behind :class:`Setup` (how to build the mount) and
-:class:`OtherClient` (put/delete/clear through a driver), so an S3 variant is
-one more entry in :data:`SETUPS`.  One mount serves a whole run: mounting costs
-about half a second, and the container is cleared between examples.
+:class:`OtherClient` (put/delete through a driver); :data:`SETUPS` has the
+local driver and the S3 driver on the suite's SeaweedFS server.  One mount
+serves a whole run: mounting costs about half a second, and each example gets
+an emptied container (local) or a new bucket (S3).
 
 Profiles: ``ci`` (the default: 25 examples of 20 steps, derandomized) and
 ``model-hunt`` (100 random examples) for hunting bugs locally, chosen with
@@ -42,10 +42,12 @@ import contextlib
 import errno
 import io
 import itertools
+import json
 import os
 import shutil
 import stat
 import tempfile
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,16 +122,35 @@ class OtherClient(Protocol):
 
     def delete(self, name: str) -> None: ...
 
+    def fresh(self) -> str:
+        """An empty container for the next example; returns its name."""
+
     def clear(self) -> None:
-        """Delete every artifact in the container (between examples)."""
+        """Delete every artifact in the container (after an example)."""
 
 
 @dataclass
 class DriverClient:
-    """An :class:`OtherClient` over any driver."""
+    """An :class:`OtherClient` over any driver.
+
+    With ``new_containers`` each example gets a container of its own, for
+    backends that keep showing an emptied "folder" for a while (SeaweedFS):
+    leftovers of one example must not change what the next one sees.
+    """
 
     driver: Driver
     container: str
+    new_containers: bool = False
+    made: int = 0
+
+    def fresh(self) -> str:
+        if self.new_containers:
+            self.made += 1
+            self.container = f"{self.container.split('-')[0]}-{self.made}"
+            self.driver.create_container(self.container)
+        else:
+            self.clear()  # whatever a failed example left behind
+        return self.container
 
     def put(self, name: str, data: bytes) -> None:
         self.driver.put(self.container, name, io.BytesIO(data), size=len(data))
@@ -149,10 +170,9 @@ class DriverClient:
 
 @dataclass
 class Setup:
-    """A running mount, the container's directory in it, and another client of that container."""
+    """A running mount and another client of the backend it mounts."""
 
     mount: Mount
-    root: Path
     client: OtherClient
 
 
@@ -166,16 +186,34 @@ def local_setup(tmp_path: Path, mount_factory: MountFactory) -> Setup:
     (data / CONTAINER).mkdir(parents=True)
     mount = mount_factory(str(data), *mount_args(tmp_path))
     client = DriverClient(LocalDriver(LocalDriver.Options(root=str(data))), CONTAINER)
-    return Setup(mount, mount.mountpoint / CONTAINER, client)
+    return Setup(mount, client)
 
 
-#: How to build each backend's mount; the S3 variant adds an entry here.
-SETUPS: dict[str, Callable[[Path, MountFactory], Setup]] = {"local": local_setup}
+def s3_setup(tmp_path: Path, mount_factory: MountFactory, s3_options: dict[str, Any]) -> Setup:
+    """The S3 driver on the suite's SeaweedFS server, a new bucket per example."""
+    from drivers.s3 import S3Driver
+
+    config = tmp_path / "config.yaml"
+    lines = ["backends:", "  - name: model", "    driver: s3", "    config:"]
+    lines += [f"      {k}: {json.dumps(v)}" for k, v in s3_options.items()]
+    config.write_text("\n".join(lines) + "\n")
+    mount = mount_factory("model", "--config", str(config), *mount_args(tmp_path))
+    driver = S3Driver(S3Driver.Options(**s3_options))
+    return Setup(mount, DriverClient(driver, f"model{uuid.uuid4().hex[:8]}", new_containers=True))
+
+
+#: How to build each backend's mount.
+SETUPS: dict[str, Callable[[pytest.FixtureRequest, Path, MountFactory], Setup]] = {
+    "local": lambda request, tmp_path, factory: local_setup(tmp_path, factory),
+    "s3": lambda request, tmp_path, factory: s3_setup(
+        tmp_path, factory, request.getfixturevalue("s3_options")
+    ),
+}
 
 
 @pytest.fixture(params=sorted(SETUPS))
 def setup(request: pytest.FixtureRequest, tmp_path: Path, mount_factory: MountFactory) -> Setup:
-    return SETUPS[request.param](tmp_path, mount_factory)
+    return SETUPS[request.param](request, tmp_path, mount_factory)
 
 
 # -- operations and observations, the same on either tree -------------------------------
@@ -278,9 +316,8 @@ class MountModel(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.mnt = self.setup.root
         self.client = self.setup.client
-        self.client.clear()  # whatever a failed example left behind
+        self.mnt = self.setup.mount.mountpoint / self.client.fresh()
         self.model_base.mkdir(parents=True, exist_ok=True)
         self.model = Path(tempfile.mkdtemp(dir=self.model_base))
         self.marked: set[str] = set()
@@ -379,7 +416,11 @@ class MountModel(RuleBasedStateMachine):
         return True
 
     def other_delete(self, path: str) -> None:
-        """A delete straight to the backend; deleting what is not a file does nothing, as on S3."""
+        """A delete straight to the backend; deleting a name that is not there does nothing, as on S3."""
+        if self.kind(path) == "dir":
+            # Stores disagree here: S3 deletes nothing, SeaweedFS drops an empty folder of that name.
+            note(f"skipped other_delete {path}: a directory")
+            return
         self.client.delete(path)
         if self.kind(path) == "file":
             (self.model / path).unlink()
@@ -750,12 +791,6 @@ def test_mount_agrees_with_a_local_directory(setup: Setup, tmp_path: Path) -> No
     run_checked(setup, lambda: run_state_machine_as_test(machine, settings=settings.get_profile(PROFILE)))
 
 
-OPEN_FILE_BUGS = (
-    "open files: a new file is invisible until its first flush; a descriptor of a file replaced by a rename"
-    " writes into the new file; a file created where an open one was unlinked is never uploaded"
-)
-
-
 def test_mount_with_open_files_agrees_with_a_local_directory(setup: Setup, tmp_path: Path) -> None:
     machine = machine_for(OpenFilesModel, setup, tmp_path / "model")
     run_checked(setup, lambda: run_state_machine_as_test(machine, settings=settings.get_profile(PROFILE)))
@@ -891,3 +926,20 @@ def test_regression_directory_made_again_after_rmdir(setup: Setup, tmp_path: Pat
             ("create_file", {"path": "a/b", "data": b"x"}),
         ],
     )
+
+
+def test_regression_file_replaced_by_a_directory_behind_the_mount(setup: Setup, tmp_path: Path) -> None:
+    """A listing shows the directory, and a lookup finds it, not the file the mount knew by that name."""
+    m = machine_for(MountModel, setup, tmp_path / "model")()
+
+    def run() -> None:
+        try:
+            m.create_file("a", b"1")
+            m.agree()  # the kernel now holds the file's inode
+            m.other_delete("a")
+            m.other_put("a/b", b"2")
+            m.agree()
+        finally:
+            m.teardown()
+
+    run_checked(setup, run)

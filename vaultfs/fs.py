@@ -523,14 +523,19 @@ class Operations(pyfuse3.Operations):
             functools.partial(self._copy_entry, src.container, n, container, new_key + n[len(src.key) :])
             for n in names
         )
-        # Files first, then directory markers deepest first: a file-backed store
-        # cannot remove a directory before its contents.
-        markers = sorted((n for n in names if n.endswith("/")), reverse=True)
+        # Files first, then directories deepest first: a file-backed store cannot
+        # remove a directory before its contents.  Every directory key is deleted,
+        # marker or not: a store that keeps an emptied prefix listed (SeaweedFS)
+        # drops it then, and deleting a missing key costs nothing elsewhere.
+        dirs = {src.key}
+        for n in names:
+            parts = n[len(src.key) :].split("/")[:-1]
+            dirs.update(src.key + "/".join(parts[:i]) + "/" for i in range(1, len(parts) + 1))
         await run_all(
             functools.partial(self.backend.delete, src.container, n) for n in names if not n.endswith("/")
         )
-        for marker in markers:
-            await self.backend.delete(src.container, marker)
+        for key in sorted(dirs, key=lambda k: (-k.count("/"), k)):
+            await self.backend.delete(src.container, key)
         self.ns.move_tree(src.container, src.key, container, new_key)
         self.ns.invalidate(src)
 

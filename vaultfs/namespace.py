@@ -24,6 +24,8 @@ import stat
 import time
 from dataclasses import dataclass, field
 
+import trio
+
 from drivers.base import ArtifactInfo, Prefix
 from drivers.errors import NotFound
 
@@ -85,6 +87,7 @@ class Node:
     children: dict[str, Entry] | None = None
     attr_index: dict[str, tuple[str, dict[str, str]]] | None = None
     children_expires: float = 0.0
+    too_big_until: float = 0.0  # too large to list for a lookup: probe names one by one until then
     negative: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -122,6 +125,7 @@ class Namespace:
         self.dir_ttl = dir_ttl
         self.started = time.time()
         self._unflushed: dict[tuple[str, str], Node] = {}
+        self._loading: dict[int, trio.Event] = {}
         self._nodes: dict[int, Node] = {}
         self._by_path: dict[tuple[str, str], int] = {}
         root = Node(ROOT_INODE, "", "", Kind.DIR, defaults.dir_mode, defaults.uid, defaults.gid)
@@ -193,8 +197,18 @@ class Namespace:
         node.expires = time.monotonic() + self.attr_ttl
 
     def record(self, node: Node) -> None:
-        """Put ``node``'s current metadata in its directory's attribute index, if the backend uses one."""
-        if self.index is not None and not node.is_container and not node.is_root:
+        """Note ``node``'s new attributes (after an upload or a metadata change) in its directory's
+        cached listing, which later lookups answer from, and in its attribute index, if any."""
+        if node.is_container or node.is_root:
+            return
+        name = node.key.rstrip("/")
+        parent_key = name[: name.rfind("/") + 1]
+        parent = self.find(node.container, parent_key)
+        if parent is not None and parent.children is not None:
+            parent.children[name[len(parent_key) :]] = Entry(
+                node.kind, node.size, node.mtime_ns / 1e9, node.etag, node.meta, node.marker
+            )
+        if self.index is not None:
             self.index.record(node.container, node.key, node.etag, node.meta)
 
     def record_gone(self, container: str, key: str) -> None:
@@ -305,14 +319,48 @@ class Namespace:
             return known
         return self.remember(parent, name, Entry(Kind.DIR, meta={}))
 
+    async def _load_listing(self, parent: Node) -> dict[str, Entry] | None:
+        """List directory ``parent`` whole to answer a lookup in it, unless it is too large.
+
+        One listing answers every later lookup in the directory until ``dir_ttl``
+        runs out (``stat`` of many files, ``find``, a second ``rsync``), where
+        probing each name costs a HEAD and a LIST.  A lookup sees exactly what
+        ``readdir`` shows, also where a store keeps listing an emptied prefix.
+        Concurrent lookups in one directory share one listing.
+        """
+        loading = self._loading.get(parent.ino)
+        if loading is not None:
+            await loading.wait()
+            return parent.children if parent.children_expires >= time.monotonic() else None
+        self._loading[parent.ino] = done = trio.Event()
+        try:
+            entries: dict[str, Entry] = {}
+            after: str | None = None
+            while True:
+                page, after = await self.list_page(parent, after)
+                entries.update(page)
+                if after is None:
+                    break
+                if len(entries) >= MAX_CACHED_LISTING:
+                    parent.too_big_until = time.monotonic() + max(self.dir_ttl, 1.0)
+                    return None
+            self.cache_listing(parent, entries)
+            return entries
+        finally:
+            del self._loading[parent.ino]
+            done.set()
+
     def _holds_unflushed(self, container: str, prefix: str) -> bool:
         return any(c == container and key.startswith(prefix) for c, key in self._unflushed)
 
     async def _lookup_stored(self, parent: Node, name: str, now: float) -> Node:
         if parent.negative.get(name, 0) > now:
             raise NotFound(name)
-        if parent.children is not None and parent.children_expires > now:
-            entry = parent.children.get(name)
+        children = parent.children if parent.children_expires > now else None
+        if children is None and not parent.is_root and parent.too_big_until <= now:
+            children = await self._load_listing(parent)
+        if children is not None:
+            entry = children.get(name)
             if entry is None:
                 raise NotFound(name)
             if entry.meta is None and not parent.is_root:
@@ -320,7 +368,7 @@ class Namespace:
                 # so stat and rsync see true modes and times while ls -l costs
                 # no request per entry.
                 entry = await self._complete(parent, name, entry)
-                parent.children[name] = entry
+                children[name] = entry
             return self.remember(parent, name, entry)
         try:
             entry = await self._probe(parent, name)
@@ -332,7 +380,8 @@ class Namespace:
     async def _complete(self, parent: Node, name: str, entry: Entry) -> Entry:
         """``entry`` with its metadata, from a stat of the artifact or directory marker."""
         known = self.find(parent.container, parent.child_key(name, entry.kind))
-        if known is not None and known.meta is not None and entry.etag in ("", known.etag):
+        same_kind = known is not None and (known.kind is Kind.DIR) == (entry.kind is Kind.DIR)
+        if known is not None and same_kind and known.meta is not None and entry.etag in ("", known.etag):
             return Entry(entry.kind, entry.size, entry.mtime, entry.etag, known.meta, known.marker)
         if entry.kind is Kind.DIR:
             return await self._marker_entry(parent.container, parent.child_key(name, Kind.DIR))
@@ -358,14 +407,24 @@ class Namespace:
             except NotFound:
                 return None
 
+        # The directory question is asked as readdir asks it (a delimited listing of the
+        # parent, past every sibling that sorts before "key/"), so a lookup finds exactly
+        # the directories a listing shows, also where a store keeps listing an emptied prefix.
         children, marker, file = await run_all(
             [
-                functools.partial(self.backend.list_page, parent.container, prefix=key + "/", limit=1),
+                functools.partial(
+                    self.backend.list_page,
+                    parent.container,
+                    prefix=key,
+                    delimiter="/",
+                    start_after=key + "." + PAST_PREFIX,
+                    limit=1,
+                ),
                 functools.partial(self._marker_entry, parent.container, key + "/"),
                 file_entry,
             ]
         )
-        if children:
+        if children and children[0].name == key + "/":
             if file is not None:
                 log.warning(
                     "%s/%s is both a file and a directory; showing the directory", parent.container, key
@@ -478,10 +537,13 @@ class Namespace:
         """Fill a listed entry lacking metadata from the node we already hold for it, if still current."""
         if entry.meta is not None:
             return
-        for kind in (Kind.DIR,) if entry.kind is Kind.DIR else (Kind.FILE, Kind.LINK):
+        kinds = (Kind.DIR,) if entry.kind is Kind.DIR else (Kind.FILE, Kind.LINK)
+        for kind in kinds:
             known = self.find(parent.container, parent.child_key(name, kind))
-            current = known is not None and (kind is Kind.DIR or known.etag == entry.etag)
-            if current and known is not None and known.meta is not None:
+            if known is None or known.kind not in kinds:
+                continue  # the name held something else when we last saw it
+            current = kind is Kind.DIR or known.etag == entry.etag
+            if current and known.meta is not None:
                 entry.meta, entry.kind = known.meta, known.kind
                 return
 
