@@ -95,9 +95,11 @@ def test_corrupt_and_foreign_blocks_are_misses_and_removed(tmp_path: Path) -> No
     assert reopened.stats.corrupt == 2
 
 
-def run_reader(driver: CountingDriver, cache: BlockCache | None, fn: Any, read_ahead: int = 0) -> Any:
+def run_reader(
+    driver: CountingDriver, cache: BlockCache | None, fn: Any, read_ahead: int = 0, memory: int = 64 << 20
+) -> Any:
     backend = Backend("b", driver, retries=0)
-    reader = Reader(backend, cache, BS, read_ahead, concurrency=4)
+    reader = Reader(backend, cache, BS, read_ahead, concurrency=4, memory=memory)
 
     async def main() -> Any:
         async with trio.open_nursery() as nursery:
@@ -145,7 +147,7 @@ def test_concurrent_misses_of_one_block_share_one_get(tmp_path: Path) -> None:
         results: list[bytes] = []
 
         async def one(offset: int) -> None:
-            results.append(await reader.read(state, offset, 4096))
+            results.append(bytes(await reader.read(state, offset, 4096)))
 
         async with trio.open_nursery() as nursery:
             for i in range(8):
@@ -200,3 +202,31 @@ def test_a_new_version_does_not_use_old_blocks(tmp_path: Path) -> None:
 
     run_reader(driver, cache, read_new)
     assert len(driver.gets) == 2
+
+
+def test_reused_memory_never_changes_data_a_read_still_holds(tmp_path: Path) -> None:
+    # Memory for 4 blocks while several readers stream a 48-block file: blocks are
+    # evicted and their buffers refilled all the time, including while a read that
+    # spans two blocks holds the first and waits for the second.
+    driver = CountingDriver()
+    driver.delay = 0.002
+    data = os.urandom(48 * BS)
+    state = stored(driver, data)
+    kept: list[tuple[int, bytes | memoryview]] = []
+
+    async def stream(reader: Reader, step: int, skew: int) -> None:
+        mine = ReadState(state.container, state.artifact, state.version, state.size)
+        for offset in range(skew, len(data), step):
+            got = await reader.read(mine, offset, step)
+            kept.append((offset, got))
+            assert got == data[offset : offset + step]
+
+    async def many(reader: Reader) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream, reader, BS, 0)
+            nursery.start_soon(stream, reader, BS, BS // 2)  # every read spans two blocks
+            nursery.start_soon(stream, reader, 3 * BS, 7)
+
+    run_reader(driver, BlockCache(tmp_path, 100 * BS), many, read_ahead=8 * BS, memory=4 * BS)
+    # Views returned long ago still show what they showed then.
+    assert all(got == data[offset : offset + len(got)] for offset, got in kept)

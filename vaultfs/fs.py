@@ -432,7 +432,9 @@ class Operations(pyfuse3.Operations):
             kernel.raise_read_ahead(self.options.mountpoint)
 
     @operation
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    # pyfuse3 replies from any buffer (PyObject_GetBuffer), so a view of a cached
+    # block goes to the kernel without a copy; its stub only says bytes.
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
         data = await self.files.read(fh, off, size)
         metrics.BYTES_READ.labels(self.backend.name).inc(len(data))
         return data
