@@ -152,6 +152,7 @@ def _read_blocks(
     length: int,
     block_size: int,
     new_block: Callable[[], bytearray],
+    arrived: Callable[[int, bytearray], None] | None,
 ) -> list[bytearray]:
     stream = driver.get(container, artifact, offset, length)
     blocks: list[bytearray] = []
@@ -171,6 +172,8 @@ def _read_blocks(
                 del block[got:]
             if block:
                 blocks.append(block)
+                if arrived is not None:
+                    arrived(len(blocks) - 1, block)
             if got < block_size:
                 break
             remaining -= got
@@ -379,6 +382,7 @@ class Backend:
         length: int,
         block_size: int,
         new_block: Callable[[], bytearray] | None = None,
+        arrived: Callable[[int, bytearray], None] | None = None,
     ) -> list[bytearray]:
         """The bytes ``[offset, offset+length)`` as consecutive blocks of ``block_size``.
 
@@ -388,7 +392,11 @@ class Backend:
         buffers (``block_size`` bytes each; called in the worker thread, so it
         must be thread-safe), which lets the caller reuse memory; buffers taken
         by a failed or abandoned attempt are never returned, since an abandoned
-        attempt may still be writing into them.
+        attempt may still be writing into them.  ``arrived(i, block)`` is called
+        in the worker thread as each block is complete (the driver no longer
+        writes into it), so the caller can use it before the whole range is in;
+        a retried call may report a block again, an abandoned attempt even
+        after the call has ended.
         """
         if offset < 0 or length < 0 or block_size < 1:
             raise ValueError("offset and length must not be negative, block_size must be positive")
@@ -403,6 +411,7 @@ class Backend:
             length,
             block_size,
             new_block or (lambda: bytearray(block_size)),
+            arrived,
         )
         self._count_bytes("read", sum(len(b) for b in blocks))
         return blocks

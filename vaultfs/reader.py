@@ -9,7 +9,12 @@ A reader that keeps asking for the next block is sequential: its read-ahead
 window doubles on each such read, up to ``read_ahead_max``, and the blocks in
 the window are fetched in the background, at most ``concurrency`` at a time for
 the whole mount.  A read elsewhere resets the window, so random access costs no
-extra requests.  Memory is bounded by the in-memory LRU (``memory`` bytes) plus ``concurrency``
+extra requests; and a small read there (a quarter of a block or less) whose
+block is neither in memory nor on disk nor on its way fetches only its own
+bytes, which it does not keep: a 4 KiB read then waits for 4 KiB, not for a
+whole block, and the kernel's page cache keeps what it read.
+
+Memory is bounded by the in-memory LRU (``memory`` bytes) plus ``concurrency``
 gets of up to :data:`FETCH_SIZE` in flight, plus as many spare buffers.
 
 Buffers are reused: a block evicted from memory goes back to a pool of spare
@@ -24,6 +29,7 @@ other reads of the same file may run meanwhile and share the fetch.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from dataclasses import dataclass
@@ -157,7 +163,11 @@ class Reader:
             return b""
         bs = self.block_size
         first, last = offset // bs, (end - 1) // bs
-        self._advance(state, first, last)
+        jumped = self._advance(state, first, last)
+        if jumped and first == last and end - offset <= bs // 4:
+            small = await self._read_small(state, first, offset, end)
+            if small is not None:
+                return small
         parts = []
         for index in range(first, last + 1):
             data = await self.block(state, index)
@@ -165,18 +175,34 @@ class Reader:
             parts.append(memoryview(data)[max(offset, base) - base : end - base])
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _advance(self, state: ReadState, first: int, last: int) -> None:
-        """Grow or reset the read-ahead window, and fetch the blocks it now covers."""
+    async def _read_small(self, state: ReadState, index: int, offset: int, end: int) -> bytes | None:
+        """``[offset, end)`` by a ranged get of just those bytes, or None if block ``index`` is at hand."""
+        key = self._key(state, index)
+        if key in self._memory or key in self._inflight:
+            return None
+        if self.cache is not None:
+            cached = await trio.to_thread.run_sync(self.cache.get, key)
+            if cached is not None:
+                metrics.CACHE_HITS.labels(self.backend.name).inc()
+                self._memory[key] = cached
+                return None
+        metrics.CACHE_MISSES.labels(self.backend.name).inc()
+        return await self.backend.read(state.container, state.artifact, offset, end - offset)
+
+    def _advance(self, state: ReadState, first: int, last: int) -> bool:
+        """Grow or reset the read-ahead window, and fetch the blocks it now covers; True on a jump."""
+        jumped = False
         if first == state.next_block - 1:
             pass  # another read inside the block just read: neither a step forward nor a jump
         elif first == state.next_block:
             state.window = min(max(1, state.window * 2), self.max_window)
         else:
+            jumped = True
             state.window = 0
             state.ahead_until = last + 1
         state.next_block = last + 1
         if self._nursery is None or state.window == 0:
-            return
+            return jumped
         blocks = -(-state.size // self.block_size)
         start = max(state.ahead_until, last + 1)
         upto = min(last + 1 + state.window, blocks)
@@ -189,6 +215,7 @@ class Reader:
         for begin in range(start, upto, step):
             self._nursery.start_soon(self._prefetch, state, begin, min(begin + step, upto))
         state.ahead_until = max(state.ahead_until, upto)
+        return jumped
 
     async def _prefetch(self, state: ReadState, start: int, end: int) -> None:
         """Fetch blocks ``start`` to ``end`` that nobody has or is fetching, in as few gets as possible."""
@@ -206,7 +233,7 @@ class Reader:
                     metrics.CACHE_HITS.labels(self.backend.name).inc(len(found))
                     missing = [key for key in missing if key not in found]
                 for run in _contiguous(missing):
-                    await self._fetch(run, state.size)
+                    await self._fetch(run, state.size, claimed)
             except Exception as exc:
                 log.debug("read-ahead of %s/%s failed: %s", state.container, state.artifact, exc)
             finally:
@@ -224,20 +251,39 @@ class Reader:
                 found[key] = data
         return found
 
-    async def _fetch(self, run: list[BlockKey], size: int) -> list[bytearray]:
-        """One ranged get for consecutive blocks, kept in memory and on disk; returns the blocks."""
+    async def _fetch(
+        self, run: list[BlockKey], size: int, waiting: dict[BlockKey, trio.Event] | None = None
+    ) -> list[bytearray]:
+        """One ranged get for consecutive blocks, kept in memory and on disk; returns the blocks.
+
+        Each block is in memory, and its event in ``waiting`` set, as soon as it
+        has arrived: a reader waiting for the first block of an 8 MiB get does
+        not wait for the other seven.
+        """
         first, bs = run[0], self.block_size
         offset = first.index * bs
         length = min(len(run) * bs, size - offset)
+        token = trio.lowlevel.current_trio_token()
+
+        def landed(i: int, block: bytearray) -> None:
+            key = run[i]
+            self._memory[key] = block
+            done = (waiting or {}).get(key)
+            if done is not None:
+                done.set()
+
+        def arrived(i: int, block: bytearray) -> None:  # in the worker thread
+            # An abandoned attempt may deliver after the loop has ended.
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(landed, i, block)
+
         data = await self.backend.read_blocks(
-            first.container, first.artifact, offset, length, bs, self._pool.take
+            first.container, first.artifact, offset, length, bs, self._pool.take, arrived
         )
         metrics.CACHE_MISSES.labels(self.backend.name).inc(len(run))
-        # Fewer blocks than asked for only if the artifact changed behind our back.
-        blocks = list(zip(run, data, strict=False))
-        self._memory.update(blocks)
         if self.cache is not None:
-            await trio.to_thread.run_sync(self._to_disk, blocks)
+            # Fewer blocks than asked for only if the artifact changed behind our back.
+            await trio.to_thread.run_sync(self._to_disk, list(zip(run, data, strict=False)))
         return data
 
     def _to_disk(self, blocks: list[tuple[BlockKey, bytearray]]) -> None:
