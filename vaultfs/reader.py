@@ -15,7 +15,7 @@ bytes, which it does not keep: a 4 KiB read then waits for 4 KiB, not for a
 whole block, and the kernel's page cache keeps what it read.
 
 Memory is bounded by the in-memory LRU (``memory`` bytes) plus ``concurrency``
-gets of up to :data:`FETCH_SIZE` in flight, plus as many spare buffers.
+gets of up to :data:`FETCH_SIZE` in flight, plus two such runs of spare buffers.
 
 Buffers are reused: a block evicted from memory goes back to a pool of spare
 buffers that the next get fills, unless something still holds a view of it.
@@ -138,7 +138,8 @@ class Reader:
         self.run_blocks = max(1, min(FETCH_SIZE // block_size, self.max_window))
         self._evictions_seen = 0
         self._limiter = trio.CapacityLimiter(concurrency)
-        self._pool = _Pool(block_size, concurrency * self.run_blocks)
+        # Spares only bridge an eviction and the next get: two runs are plenty.
+        self._pool = _Pool(block_size, 2 * self.run_blocks)
         self._memory = _Blocks(memory_blocks, self._pool)
         self._inflight: dict[BlockKey, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
