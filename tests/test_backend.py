@@ -487,6 +487,46 @@ def test_read_returns_exact_bytes_at_the_edges() -> None:
     assert trio.run(main) == [data, data, data[:1], data[9:], b"", b"", b"", data[2:9]]
 
 
+def test_read_blocks_splits_the_range_and_stops_at_the_end() -> None:
+    data = bytes(range(250))
+    driver = ShortReadDriver()  # three bytes per read: blocks are filled across many reads
+    driver.create_container("c")
+    driver.put("c", "a", io.BytesIO(data))
+
+    async def main() -> list[list[bytes]]:
+        async with Backend(fresh_name(), driver) as backend:
+            return [
+                [bytes(b) for b in await backend.read_blocks("c", "a", offset, length, 100)]
+                for offset, length in [(0, 250), (0, 1000), (100, 100), (240, 100), (250, 100), (0, 0)]
+            ]
+
+    assert trio.run(main) == [
+        [data[:100], data[100:200], data[200:]],
+        [data[:100], data[100:200], data[200:]],
+        [data[100:200]],
+        [data[240:]],
+        [],
+        [],
+    ]
+
+
+def test_read_blocks_fills_the_callers_buffers() -> None:
+    data = b"x" * 30
+    given: list[bytearray] = []
+
+    def new_block() -> bytearray:
+        given.append(bytearray(b"?" * 10))
+        return given[-1]
+
+    async def main() -> list[bytearray]:
+        async with Backend(fresh_name(), memory_with({"a": data})) as backend:
+            return await backend.read_blocks("c", "a", 5, 25, 10, new_block)
+
+    blocks = trio.run(main)
+    assert [bytes(b) for b in blocks] == [b"x" * 10, b"x" * 10, b"x" * 5]
+    assert all(b is g for b, g in zip(blocks, given, strict=True))
+
+
 def test_read_of_missing_artifact_raises_not_found() -> None:
     async def main() -> None:
         async with Backend(fresh_name(), memory_with({})) as backend:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -95,9 +96,11 @@ def test_corrupt_and_foreign_blocks_are_misses_and_removed(tmp_path: Path) -> No
     assert reopened.stats.corrupt == 2
 
 
-def run_reader(driver: CountingDriver, cache: BlockCache | None, fn: Any, read_ahead: int = 0) -> Any:
+def run_reader(
+    driver: CountingDriver, cache: BlockCache | None, fn: Any, read_ahead: int = 0, memory: int = 64 << 20
+) -> Any:
     backend = Backend("b", driver, retries=0)
-    reader = Reader(backend, cache, BS, read_ahead, concurrency=4)
+    reader = Reader(backend, cache, BS, read_ahead, concurrency=4, memory=memory)
 
     async def main() -> Any:
         async with trio.open_nursery() as nursery:
@@ -145,7 +148,7 @@ def test_concurrent_misses_of_one_block_share_one_get(tmp_path: Path) -> None:
         results: list[bytes] = []
 
         async def one(offset: int) -> None:
-            results.append(await reader.read(state, offset, 4096))
+            results.append(bytes(await reader.read(state, offset, 4096)))
 
         async with trio.open_nursery() as nursery:
             for i in range(8):
@@ -200,3 +203,110 @@ def test_a_new_version_does_not_use_old_blocks(tmp_path: Path) -> None:
 
     run_reader(driver, cache, read_new)
     assert len(driver.gets) == 2
+
+
+def test_reused_memory_never_changes_data_a_read_still_holds(tmp_path: Path) -> None:
+    # Memory for 4 blocks while several readers stream a 48-block file: blocks are
+    # evicted and their buffers refilled all the time, including while a read that
+    # spans two blocks holds the first and waits for the second.
+    driver = CountingDriver()
+    driver.delay = 0.002
+    data = os.urandom(48 * BS)
+    state = stored(driver, data)
+    kept: list[tuple[int, bytes | memoryview]] = []
+
+    async def stream(reader: Reader, step: int, skew: int) -> None:
+        mine = ReadState(state.container, state.artifact, state.version, state.size)
+        for offset in range(skew, len(data), step):
+            got = await reader.read(mine, offset, step)
+            kept.append((offset, got))
+            assert got == data[offset : offset + step]
+
+    async def many(reader: Reader) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream, reader, BS, 0)
+            nursery.start_soon(stream, reader, BS, BS // 2)  # every read spans two blocks
+            nursery.start_soon(stream, reader, 3 * BS, 7)
+
+    run_reader(driver, BlockCache(tmp_path, 100 * BS), many, read_ahead=8 * BS, memory=4 * BS)
+    # Views returned long ago still show what they showed then.
+    assert all(got == data[offset : offset + len(got)] for offset, got in kept)
+
+
+def test_scattered_small_reads_fetch_only_their_bytes(tmp_path: Path) -> None:
+    driver = CountingDriver()
+    data = os.urandom(32 * BS)
+    state = stored(driver, data)
+
+    async def scattered(reader: Reader) -> None:
+        assert await reader.read(state, 0, BS) == data[:BS]  # the start: a whole block
+        for offset in (20 * BS + 4096, 3 * BS, 27 * BS + 100):
+            assert await reader.read(state, offset, 4096) == data[offset : offset + 4096]
+        assert await reader.read(state, 9 * BS, BS) == data[9 * BS : 10 * BS]  # a large read: its block
+
+    run_reader(driver, BlockCache(tmp_path, 100 * BS), scattered, read_ahead=8 * BS)
+    assert sorted((offset, length) for _, offset, length in driver.gets) == [
+        (0, BS),
+        (BS, BS),  # read-ahead after the first read
+        (3 * BS, 4096),
+        (9 * BS, BS),
+        (20 * BS + 4096, 4096),
+        (27 * BS + 100, 4096),
+    ]
+
+
+class HeldStream(io.RawIOBase):
+    """Gives ``first`` bytes, then waits for ``release`` before giving the rest."""
+
+    def __init__(self, data: bytes, first: int, release: threading.Event) -> None:
+        self._data, self._pos, self._first, self._release = data, 0, first, release
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        if self._pos >= self._first:
+            self._release.wait(10)
+        end = self._first if self._pos < self._first else len(self._data)
+        n = min(len(buf), end - self._pos)
+        buf[:n] = self._data[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+
+class HoldingDriver(CountingDriver):
+    """Read-ahead gets (those of more than one block) stall after their first block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def get(self, container: str, artifact: str, offset: int = 0, length: int | None = None) -> IO[bytes]:
+        stream = super().get(container, artifact, offset, length)
+        if length is None or length <= BS:
+            return stream
+        return HeldStream(stream.read(), BS, self.release)  # type: ignore[return-value]
+
+
+def test_a_block_is_served_as_soon_as_it_arrives_not_when_its_whole_get_ends() -> None:
+    driver = HoldingDriver()
+    data = os.urandom(32 * BS)
+    state = stored(driver, data)
+
+    async def sequential(reader: Reader) -> None:
+        try:
+            for i in range(8):
+                with trio.fail_after(5):  # block i would otherwise wait for the rest of its get
+                    assert await reader.read(state, i * BS, BS) == data[i * BS : (i + 1) * BS]
+                if any(length and length > BS for _, _, length in driver.gets):
+                    break
+            else:
+                raise AssertionError("no read-ahead get of several blocks was made")
+            # The first block of the stalled multi-block get is readable now.
+            _, offset, _ = next(g for g in driver.gets if g[2] and g[2] > BS)
+            with trio.fail_after(5):
+                assert await reader.read(state, offset, BS) == data[offset : offset + BS]
+        finally:
+            driver.release.set()
+
+    run_reader(driver, None, sequential, read_ahead=8 * BS)

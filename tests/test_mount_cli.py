@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from mounts import VAULTFS, Mount, MountFactory, is_mounted
 
-from vaultfs import config, runtime
+from vaultfs import config, kernel, runtime
 
 pytestmark = pytest.mark.mount
 
@@ -423,6 +423,19 @@ def test_detached_mount_is_live_on_return_and_umount_waits_for_the_daemon(site: 
     assert not is_mounted(site.mnt)
     assert record_for(site.mnt) is None
     assert os.listdir(site.mnt) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="raising a mount's read-ahead needs root")
+def test_a_file_opened_as_soon_as_the_mount_appears_reads_with_the_raised_read_ahead(site: Site) -> None:
+    done = site.mount(str(site.data), site.mnt)
+    assert done.returncode == 0, done.stderr
+    entry = kernel.mount_entry(site.mnt)
+    assert entry is not None
+    bdi = Path("/sys/class/bdi") / entry.device / "read_ahead_kb"
+    # The kernel gives a file the mount's read-ahead when it opens; it must already be raised then.
+    with open(site.mnt / "c" / "hello.txt", "rb") as f:
+        assert int(bdi.read_text()) == kernel.READ_AHEAD_KB
+        assert f.read() == b"hello\n"
 
 
 def test_failing_daemon_reports_its_reason_and_leaves_nothing_mounted(site: Site) -> None:

@@ -133,6 +133,55 @@ def _read_range(driver: Driver, container: str, artifact: str, offset: int, leng
         stream.close()
 
 
+def _readinto(stream: IO[bytes], view: memoryview) -> int:
+    try:
+        return int(stream.readinto(view) or 0)  # type: ignore[attr-defined]
+    except (AttributeError, NotImplementedError):
+        # typing.IO promises only read(): a plug-in's stream may lack readinto,
+        # or inherit RawIOBase's, which raises when only read() is written.
+        data = stream.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+def _read_blocks(
+    driver: Driver,
+    container: str,
+    artifact: str,
+    offset: int,
+    length: int,
+    block_size: int,
+    new_block: Callable[[], bytearray],
+    arrived: Callable[[int, bytearray], None] | None,
+) -> list[bytearray]:
+    stream = driver.get(container, artifact, offset, length)
+    blocks: list[bytearray] = []
+    try:
+        remaining = length
+        while remaining > 0:
+            block = new_block()
+            want = min(block_size, remaining)
+            got = 0
+            with memoryview(block) as view:
+                while got < want:
+                    n = _readinto(stream, view[got : min(want, got + CHUNK_SIZE)])
+                    if not n:
+                        break
+                    got += n
+            if got < len(block):
+                del block[got:]
+            if block:
+                blocks.append(block)
+                if arrived is not None:
+                    arrived(len(blocks) - 1, block)
+            if got < block_size:
+                break
+            remaining -= got
+        return blocks
+    finally:
+        stream.close()
+
+
 def _copy_to_file(
     driver: Driver,
     fence: _WriteFence,
@@ -324,6 +373,48 @@ class Backend:
         )
         self._count_bytes("read", len(data))
         return data
+
+    async def read_blocks(
+        self,
+        container: str,
+        artifact: str,
+        offset: int,
+        length: int,
+        block_size: int,
+        new_block: Callable[[], bytearray] | None = None,
+        arrived: Callable[[int, bytearray], None] | None = None,
+    ) -> list[bytearray]:
+        """The bytes ``[offset, offset+length)`` as consecutive blocks of ``block_size``.
+
+        Like :meth:`read`, fewer bytes only at the artifact's end (the last block
+        is then short, and none follow).  The driver's stream fills each block
+        in place: no joining or splitting copies.  ``new_block`` supplies the
+        buffers (``block_size`` bytes each; called in the worker thread, so it
+        must be thread-safe), which lets the caller reuse memory; buffers taken
+        by a failed or abandoned attempt are never returned, since an abandoned
+        attempt may still be writing into them.  ``arrived(i, block)`` is called
+        in the worker thread as each block is complete (the driver no longer
+        writes into it), so the caller can use it before the whole range is in;
+        a retried call may report a block again, an abandoned attempt even
+        after the call has ended.
+        """
+        if offset < 0 or length < 0 or block_size < 1:
+            raise ValueError("offset and length must not be negative, block_size must be positive")
+        blocks = await self._run(
+            "get",
+            f"{container}/{artifact}",
+            _read_blocks,
+            self._driver,
+            container,
+            artifact,
+            offset,
+            length,
+            block_size,
+            new_block or (lambda: bytearray(block_size)),
+            arrived,
+        )
+        self._count_bytes("read", sum(len(b) for b in blocks))
+        return blocks
 
     async def read_into_file(
         self,

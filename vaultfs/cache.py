@@ -169,7 +169,7 @@ class BlockCache:
                 self.stats.blocks -= 1
 
     # -- the interface ---------------------------------------------------
-    def get(self, key: BlockKey) -> bytes | None:
+    def get(self, key: BlockKey) -> memoryview | None:
         """The block's bytes, or ``None`` on a miss (including a corrupt, foreign or stale file)."""
         name = key.file_name()
         with self._lock:
@@ -194,7 +194,7 @@ class BlockCache:
         self.stats.hits += 1
         return payload
 
-    def put(self, key: BlockKey, data: bytes) -> None:
+    def put(self, key: BlockKey, data: bytes | bytearray | memoryview) -> None:
         """Store a block, evicting least recently used ones past the budget."""
         encoded = key.encoded()
         head = _HEAD.pack(MAGIC, FORMAT, len(encoded), len(data), zlib.crc32(data))
@@ -227,7 +227,7 @@ class BlockCache:
             self._path(name).unlink(missing_ok=True)
 
     @staticmethod
-    def _check(raw: bytes, key: BlockKey) -> bytes | None:
+    def _check(raw: bytes, key: BlockKey) -> memoryview | None:
         if len(raw) < _HEAD.size:
             return None
         magic, fmt, key_len, payload_len, digest = _HEAD.unpack_from(raw)
@@ -236,7 +236,7 @@ class BlockCache:
         start = _HEAD.size + key_len
         if raw[_HEAD.size : start] != key.encoded() or len(raw) != start + payload_len:
             return None
-        payload = raw[start:]
+        payload = memoryview(raw)[start:]  # a view: the payload is not copied out of the file's bytes
         if zlib.crc32(payload) != digest:
             return None
         return payload

@@ -32,12 +32,6 @@ from .reader import Reader, ReadState
 
 log = logging.getLogger(__name__)
 
-#: Reads of a clean file fetch aligned windows of this size; later reads inside
-#: a window come from memory, and concurrent reads of one window share one get.
-WINDOW = 4 << 20
-#: Windows kept per open file: the current one and the one a sequential reader enters next.
-KEPT_WINDOWS = 2
-
 
 @dataclass(eq=False)
 class OpenFile:
@@ -144,7 +138,7 @@ class Files:
             self.publish_pending()
 
     # -- data ------------------------------------------------------------
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         """Up to ``size`` bytes at ``offset``."""
         of = self._handles[fh]
         if of.staged is not None:

@@ -15,6 +15,7 @@ import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pyfuse3
@@ -33,7 +34,7 @@ from drivers.errors import (
     Unavailable,
 )
 
-from . import attrs, metrics
+from . import attrs, kernel, metrics
 from .attrindex import INDEX_NAME
 from .backend import Backend
 from .files import Files, is_write_flags
@@ -132,6 +133,8 @@ class FsOptions:
     attr_ttl: float
     rename_limit: int
     read_only: bool = False
+    #: Where the kernel mounted us, for tuning the mount's read-ahead; None without a kernel (tests).
+    mountpoint: Path | None = None
 
 
 class Operations(pyfuse3.Operations):
@@ -148,6 +151,7 @@ class Operations(pyfuse3.Operations):
         self.options = options
         self._dirs: dict[int, DirHandle] = {}
         self._next_dir = 1
+        self._read_ahead_pending = options.mountpoint is not None
         self.initialized = trio.Event()
 
     def init(self) -> None:
@@ -412,10 +416,25 @@ class Operations(pyfuse3.Operations):
             await self.ns.refresh(node)
         fh, keep = await self.files.open(node, truncate=bool(flags & os.O_TRUNC))
         metrics.OPEN_FILES.labels(self.backend.name).set(len(self.files))
+        self._raise_read_ahead()
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
 
+    def _raise_read_ahead(self) -> None:
+        # The kernel copies the mount's read-ahead into each file when open(2)
+        # returns from us, and the mount's value can only be raised once FUSE
+        # INIT has been answered.  Any open comes after that answer, so the first
+        # one is the moment: tuning later (a task after INIT) loses the race with
+        # a program that opens a file as soon as the mount appears, and that
+        # file then reads in 128 KiB requests for as long as it stays open.
+        if self._read_ahead_pending:
+            self._read_ahead_pending = False
+            assert self.options.mountpoint is not None
+            kernel.raise_read_ahead(self.options.mountpoint)
+
     @operation
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    # pyfuse3 replies from any buffer (PyObject_GetBuffer), so a view of a cached
+    # block goes to the kernel without a copy; its stub only says bytes.
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:  # type: ignore[override]
         data = await self.files.read(fh, off, size)
         metrics.BYTES_READ.labels(self.backend.name).inc(len(data))
         return data

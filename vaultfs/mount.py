@@ -162,21 +162,16 @@ def build(plan: MountPlan) -> tuple[Operations, Files, Backend]:
     files = Files(ns, backend, reader, plan.staging_dir)
     # The kernel's own entry/attribute caches must not outlive ours.
     fs_options = FsOptions(
-        attr_ttl=min(s.attr_ttl, s.dir_ttl), rename_limit=s.rename_limit, read_only=s.read_only
+        attr_ttl=min(s.attr_ttl, s.dir_ttl),
+        rename_limit=s.rename_limit,
+        read_only=s.read_only,
+        mountpoint=plan.mountpoint,
     )
     ops = Operations(backend, ns, files, fs_options)
     # Mount-wide and trusts the kernel's idea of each file's size: faster small
     # writes, but another client's size changes can go unseen (README).
     ops.enable_writeback_cache = s.writeback_cache
     return ops, files, backend
-
-
-async def _tune_kernel(ops: Operations, mountpoint: Path) -> None:
-    # The kernel sets the mount's read-ahead when it processes FUSE INIT's
-    # reply, so ours must come after that reply, not after pyfuse3.init().
-    await ops.initialized.wait()
-    await trio.sleep(0.1)
-    kernel.raise_read_ahead(mountpoint)
 
 
 #: Seconds between health checks of the backend; ``$VAULTFS_HEALTH_INTERVAL`` overrides it.
@@ -320,10 +315,8 @@ async def _extend_stop_timeout(notifier: sdnotify.Notifier) -> None:
 
 
 async def _serve(ops: Operations, files: Files, backend: Backend, service: Service) -> None:
-    mountpoint = service.plan.mountpoint
     async with trio.open_nursery() as nursery:
         files.start(nursery)
-        nursery.start_soon(_tune_kernel, ops, mountpoint)
         nursery.start_soon(_mark_serving, ops, service)
         nursery.start_soon(_stop_on_signal, files, service)
         health_timeout = min(HEALTH_TIMEOUT, service.plan.settings.timeout)
