@@ -204,14 +204,16 @@ def test_metrics_move_by_what_the_work_implies(
     ) == cold.value("vaultfs_driver_operations_total", backend=name, operation="get")
 
     # The same bytes again, after the kernel forgot its pages: the daemon serves
-    # them from memory, so applications get 10 MiB more and the backend nothing.
+    # them from memory, so applications get 10 MiB more (at least: under memory
+    # pressure the kernel may drop and ask again for read-ahead pages) and the
+    # backend nothing.
     drop_page_cache(big)
     assert md5(big) == md5(local_data / "c" / "big")
     warm = Scrape(address)
     assert (
         warm.value("vaultfs_bytes_read_total", backend=name)
         - cold.value("vaultfs_bytes_read_total", backend=name)
-        == 10 * MiB
+        >= 10 * MiB
     )
     assert warm.value("vaultfs_driver_operations_total", **gets) == cold.value(
         "vaultfs_driver_operations_total", **gets
