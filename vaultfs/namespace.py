@@ -187,8 +187,17 @@ class Namespace:
         node.expires = time.monotonic() + self.attr_ttl
 
     def record(self, node: Node) -> None:
-        """Put ``node``'s current metadata in its directory's attribute index, if the backend uses one."""
-        if self.index is not None and not node.is_container and not node.is_root:
+        """Put ``node``'s current metadata in its directory's attribute index, if the backend uses one,
+        and in its directory's cached listing, which would otherwise undo it at the next readdir."""
+        if node.is_container or node.is_root:
+            return
+        parent_key, _, name = node.key.rstrip("/").rpartition("/")
+        parent = self.find(node.container, parent_key)
+        if parent is not None and parent.children is not None and name in parent.children:
+            parent.children[name] = Entry(
+                node.kind, node.size, node.mtime_ns / 1e9, node.etag, node.meta, marker=node.marker
+            )
+        if self.index is not None:
             self.index.record(node.container, node.key, node.etag, node.meta)
 
     def record_gone(self, container: str, key: str) -> None:
@@ -204,6 +213,10 @@ class Namespace:
         if parent.is_root:
             return self._node_from(name, "", entry)
         return self._node_from(parent.container, parent.child_key(name, entry.kind), entry)
+
+    def adopt(self, container: str, key: str, entry: Entry) -> Node:
+        """The node for a file known without its directory (a pending upload found at start-up)."""
+        return self._node_from(container, key, entry)
 
     def forget_name(self, parent: Node, name: str) -> None:
         """Drop a child the file system just removed from the caches (not from the inode table)."""
