@@ -78,8 +78,10 @@ def test_many_submissions_are_all_stored_with_bounded_concurrency(tmp_path: Path
     )
 
     async def main() -> None:
-        for i in range(50):
-            await wb.submit("c", f"f{i}", stage(tmp_path, f"s{i}", b"%d" % i), {"mode": "1"}, 2, 0)
+        async with trio.open_nursery() as writers:  # fifty files closed at once
+            for i in range(50):
+                path = stage(tmp_path, f"s{i}", b"%d" % i)
+                writers.start_soon(wb.submit, "c", f"f{i}", path, {"mode": "1"}, 2, 0)
         assert await wb.drain() == 0
 
     with_workers(wb, main)
@@ -279,3 +281,35 @@ def test_upload_record_round_trips(tmp_path: Path) -> None:
     assert up.key == ("c", "k")
     assert up.body("n")["staging"] == "s"
     assert os.path.basename(str(up.body("n")["staging"])) == "s"
+
+
+def test_a_quick_upload_needs_no_journal_record(tmp_path: Path) -> None:
+    fake = FakeBackend()
+    wb = WriteBack(tmp_path, "b", fake.put, concurrency=1, hedge=5.0)
+
+    async def main() -> Upload:
+        return await wb.submit("c", "f", stage(tmp_path, "s", b"quick"), {}, 5, 0)
+
+    up = with_workers(wb, main)
+    assert up.finished.is_set() and up.journal == "none"
+    assert fake.stored[("c", "f")][0] == b"quick"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_slow_upload_is_journaled_after_the_hedge_and_goes_on(tmp_path: Path) -> None:
+    fake = FakeBackend()
+    wb = WriteBack(tmp_path, "b", fake.put, concurrency=1, hedge=0.05)
+
+    async def main() -> None:
+        fake.gate = trio.Event()
+        with trio.fail_after(5):
+            up = await wb.submit("c", "f", stage(tmp_path, "s", b"slow"), {}, 4, 0)
+        assert up.journal == "durable" and not up.finished.is_set()
+        assert [r["artifact"] for r in records(tmp_path)] == ["f"]
+        assert fake.running == 1  # the upload started at once and is still under way
+        fake.gate.set()
+        await wb.sync("c", "f")
+
+    with_workers(wb, main)
+    assert fake.stored[("c", "f")][0] == b"slow"
+    assert list(tmp_path.iterdir()) == []

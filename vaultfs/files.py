@@ -244,22 +244,20 @@ class Files:
             node = of.node
             meta = attrs.encode(node.mode, node.uid, node.gid, node.mtime_ns, node.meta)
             key = (node.container, node.key)
-            # Pinned first: an older version of this file may finish uploading while we wait.
+            # All set before the hand-over: the upload may finish, and _stored run, before submit returns.
             self._uploading[key] = of
             self._pin(of)
+            of.dirty, of.sealed = False, True
+            node.meta = meta
             try:
                 await self.writeback.submit(
                     node.container, node.key, of.staged, meta, node.size, node.mtime_ns
                 )
             except OSError:
+                # Still queued in memory, but not durable: the next close or fsync hands it over again.
                 log.error("cannot journal %s/%s; the data stays in %s", node.container, node.key, of.staged)
-                if self.writeback.pending(*key) is None:
-                    del self._uploading[key]
-                    of.pinned = False
-                    node.opens -= 1  # no release follows for this pin; the handles keep the file
+                of.dirty = True
                 raise
-            of.dirty, of.sealed = False, True
-            node.meta = meta
 
     def _pin(self, of: OpenFile) -> None:
         if not of.pinned:

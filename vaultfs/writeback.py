@@ -2,8 +2,13 @@
 
 The open-file layer hands over a staged file when it is flushed; from then on
 the file belongs to write-back and is never written again (its owner copies it
-before writing more).  :meth:`WriteBack.submit` returns once the hand-over is
-durable, and the upload happens later, in the background.
+before writing more).  :meth:`WriteBack.submit` queues the upload at once and
+returns as soon as the version is either stored or durable in the journal:
+it gives the upload :data:`HEDGE` seconds, then writes the journal record.  A
+quick backend thus stores a small file with no local fsync at all (on a busy
+disk each fsync can cost more than a PUT to a nearby server); a slow or
+unreachable one costs the close that delay plus the journal's fsyncs, and the
+upload goes on in the background.
 
 The journal is one small JSON record per pending version, in the staging
 directory beside the staged data (``journal-SEQ.json``)::
@@ -14,7 +19,9 @@ directory beside the staged data (``journal-SEQ.json``)::
 A record is made durable in this order: fsync the staged data, write the
 record to a temporary name and fsync it, rename it into place, fsync the
 directory.  After a crash a record is therefore either absent (the flush had
-not returned) or complete and names complete data.
+not returned, or the version was already stored) or complete and names
+complete data.  A record is never created after its version left the queue:
+removal waits for a record write under way.
 
 Ordering rules:
 
@@ -63,6 +70,8 @@ RECORD_SUFFIX = ".json"
 #: Seconds before the first retry of a failed upload; doubles up to :data:`RETRY_MAX`.
 RETRY_BASE = 1.0
 RETRY_MAX = 60.0
+#: Seconds :meth:`WriteBack.submit` gives the upload before it writes the journal record instead.
+HEDGE = 0.05
 
 Key = tuple[str, str]
 #: Uploads a local file as (container, artifact) with metadata: ``Backend.put_file``.
@@ -92,6 +101,12 @@ class Upload:
     error: BaseException | None = None
     #: Set, and replaced, whenever an attempt ends.
     attempted: trio.Event = field(default_factory=trio.Event)
+    #: Set once the version is stored, or replaced or cancelled: it leaves the queue for good.
+    finished: trio.Event = field(default_factory=trio.Event)
+    #: Its journal record: "none", "writing" or "durable" (replayed versions are durable).
+    journal: str = "none"
+    #: Set once a record write has ended, whatever its outcome.
+    journaled: trio.Event = field(default_factory=trio.Event)
 
     @property
     def key(self) -> Key:
@@ -137,6 +152,7 @@ class WriteBack:
         on_stored: OnStored | None = None,
         retry_base: float = RETRY_BASE,
         retry_max: float = RETRY_MAX,
+        hedge: float = HEDGE,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -147,13 +163,12 @@ class WriteBack:
         self._on_stored = on_stored
         self._retry_base = retry_base
         self._retry_max = retry_max
+        self._hedge = hedge
         directory.mkdir(parents=True, exist_ok=True)
         # Waiting to start, in submission order; at most one version per artifact.
         self._queued: dict[Key, Upload] = {}
         # Being uploaded now; a newer version of the same artifact waits in _queued.
         self._uploading: dict[Key, Upload] = {}
-        # Being made durable by submit(): not queued yet, but they count as pending.
-        self._submitting: list[Upload] = []
         self._seq = 0
         self._wakeup = trio.Event()
 
@@ -162,16 +177,13 @@ class WriteBack:
         return len(self._queued.keys() | self._uploading.keys())
 
     def pending(self, container: str, artifact: str) -> Upload | None:
-        """The newest version of the artifact not yet stored, if any (one being submitted counts)."""
+        """The newest version of the artifact not yet stored, if any."""
         key = (container, artifact)
-        for up in reversed(self._submitting):
-            if up.key == key:
-                return up
         return self._queued.get(key) or self._uploading.get(key)
 
     def _all(self) -> list[Upload]:
         """Every version not yet stored, oldest first."""
-        return [*self._uploading.values(), *self._queued.values(), *self._submitting]
+        return [*self._uploading.values(), *self._queued.values()]
 
     def publish(self) -> None:
         """Export queue depth, bytes and the oldest pending upload's age as the write-back gauges."""
@@ -196,13 +208,14 @@ class WriteBack:
         metadata: Mapping[str, str],
         size: int,
         mtime_ns: int,
-        sync_data: bool = True,
     ) -> Upload:
-        """Make ``staging`` durable with a journal record naming it, and queue its upload.
+        """Queue ``staging`` for upload; return once it is stored or durable in the journal.
 
-        ``staging`` must not change from now on.  Returns once the record is
-        durable; replaces a queued older version of the same artifact.
-        ``sync_data=False`` skips the fsync of data already made durable.
+        ``staging`` must not change from now on.  The upload starts at once;
+        if it has not finished within ``hedge`` seconds (or fails), the data
+        and a journal record naming it are made durable.  A queued older
+        version of the same artifact is replaced.  Raises ``OSError`` if the
+        journal cannot be written; the version then stays queued in memory.
         """
         self._seq = max(time.time_ns(), self._seq + 1)
         up = Upload(
@@ -215,20 +228,28 @@ class WriteBack:
             self._seq,
             self.directory / f"{RECORD_PREFIX}{self._seq:020d}{RECORD_SUFFIX}",
         )
-        # Counted as pending from here on, so that an older version finishing meanwhile
-        # neither deletes a staging file this one shares nor reports the artifact stored.
-        self._submitting.append(up)
-        try:
-            await trio.to_thread.run_sync(self._write_record, up, sync_data)
-        finally:
-            self._submitting.remove(up)
         older = self._queued.pop(up.key, None)
         waiting = older or self._uploading.get(up.key)
         up.since = waiting.since if waiting is not None else trio.current_time()
         self._queued[up.key] = up
+        self._changed()
         if older is not None:
             await self._remove(older)
-        self._changed()
+        if self._hedge > 0:
+            # A backend that answers quickly stores small files sooner than a
+            # journal record becomes durable, and saves the fsyncs.
+            with trio.move_on_after(self._hedge):
+                await up.finished.wait()
+        if up.finished.is_set():
+            return up  # stored, or replaced or cancelled by a later call
+        up.journal = "writing"
+        try:
+            await trio.to_thread.run_sync(self._write_record, up)
+            up.journal = "durable"
+        finally:
+            if up.journal != "durable":
+                up.journal = "none"
+            up.journaled.set()
         return up
 
     async def amend(self, container: str, artifact: str, metadata: Mapping[str, str]) -> bool:
@@ -236,14 +257,11 @@ class WriteBack:
         newest = self.pending(container, artifact)
         if newest is None:
             return False
-        await self.submit(
-            container, artifact, newest.staging, metadata, newest.size, newest.mtime_ns, sync_data=False
-        )
+        await self.submit(container, artifact, newest.staging, metadata, newest.size, newest.mtime_ns)
         return True
 
-    def _write_record(self, up: Upload, sync_data: bool) -> None:
-        if sync_data:
-            _fsync_path(up.staging)
+    def _write_record(self, up: Upload) -> None:
+        _fsync_path(up.staging)
         tmp = up.record.with_suffix(".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(up.body(self.backend), f, separators=(",", ":"))
@@ -253,20 +271,30 @@ class WriteBack:
         _fsync_path(self.directory)
 
     async def _remove(self, up: Upload) -> None:
-        """Delete a stored or superseded version's record, and its data unless a pending version shares it."""
+        """Finish a stored, replaced or cancelled version: delete its record, if it has one, and its
+        data unless a pending version shares it."""
+        up.finished.set()
+        if up.journal == "writing":
+            await up.journaled.wait()  # the record must not appear after it was removed
         shared = any(other.staging == up.staging for other in self._all() if other is not up)
+        recorded = up.journal == "durable"
         try:
-            await trio.to_thread.run_sync(self._unlink, up, shared)
+            if recorded:
+                await trio.to_thread.run_sync(self._unlink, up, shared, recorded)
+            else:
+                self._unlink(up, shared, recorded)  # one unlink, no fsync: not worth a thread
         except OSError as exc:
             # At worst the version is uploaded once more after a restart.
             log.error("write-back: cannot remove the journal record %s: %s", up.record, exc)
 
-    def _unlink(self, up: Upload, shared: bool) -> None:
-        up.record.unlink(missing_ok=True)
+    def _unlink(self, up: Upload, shared: bool, recorded: bool) -> None:
+        if recorded:
+            up.record.unlink(missing_ok=True)
         if not shared:
             up.staging.unlink(missing_ok=True)
-        # Durable before anyone relies on it: replay must not bring back what unlink deleted.
-        _fsync_path(self.directory)
+        if recorded:
+            # Durable before anyone relies on it: replay must not bring back what unlink deleted.
+            _fsync_path(self.directory)
 
     # -- waiting ------------------------------------------------------------
     async def sync(self, container: str, artifact: str) -> None:
@@ -291,16 +319,18 @@ class WriteBack:
                 await self.sync(c, artifact)
 
     async def cancel(self, container: str, artifact: str) -> None:
-        """Drop the artifact's pending versions (unlink): queued ones now, others once submitted or tried."""
+        """Drop the artifact's pending versions (unlink): queued ones now, one uploading once it ends."""
         key = (container, artifact)
-        while (up := self.pending(container, artifact)) is not None:
+        while True:
             queued = self._queued.pop(key, None)
             if queued is not None:
                 await self._remove(queued)
                 self._changed()
                 continue
-            # Uploading (wait for the attempt) or being submitted (wait for the queue to change).
-            event = up.attempted if up.uploading else self._wakeup
+            uploading = self._uploading.get(key)
+            if uploading is None:
+                return
+            event = uploading.attempted
             await event.wait()
 
     async def drain(self) -> int:
@@ -383,6 +413,7 @@ class WriteBack:
                 int(body["mtime_ns"]),
                 int(body["seq"]),
                 path,
+                journal="durable",
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.error("write-back: ignoring the unreadable journal record %s: %s", path, exc)
