@@ -64,16 +64,20 @@ class Mount:
         return self
 
     def health(self) -> dict[str, object]:
-        """The daemon's /healthz report, found through its runtime record."""
-        for path in sorted(runtime.runtime_dir().glob("*.json")):
-            try:
-                record = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if record.get("mountpoint") == str(self.mountpoint) and record.get("pid") == self.pid:
-                if not record.get("metrics"):
-                    raise RuntimeError("no /healthz: mount with --metrics-listen 127.0.0.1:0")
-                return status.fetch_health(str(record["metrics"]), timeout=10)
+        """The daemon's /healthz report, found through its runtime record (written just after the
+        mount appears, so it is waited for)."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for path in sorted(runtime.runtime_dir().glob("*.json")):
+                try:
+                    record = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue
+                if record.get("mountpoint") == str(self.mountpoint) and record.get("pid") == self.pid:
+                    if not record.get("metrics"):
+                        raise RuntimeError("no /healthz: mount with --metrics-listen 127.0.0.1:0")
+                    return status.fetch_health(str(record["metrics"]), timeout=10)
+            time.sleep(0.02)
         raise RuntimeError(f"no runtime record for the daemon of {self.mountpoint}")
 
     def pending_uploads(self) -> int:

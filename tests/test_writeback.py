@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from drivers.base import ArtifactInfo
-from drivers.errors import Unavailable
+from drivers.errors import AccessDenied, Unavailable
 from vaultfs.writeback import RECORD_PREFIX, Upload, WriteBack
 
 
@@ -313,3 +313,18 @@ def test_a_slow_upload_is_journaled_after_the_hedge_and_goes_on(tmp_path: Path) 
     with_workers(wb, main)
     assert fake.stored[("c", "f")][0] == b"slow"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_version_the_backend_refuses_outright_is_returned_with_its_error(tmp_path: Path) -> None:
+    async def refuse(container: str, artifact: str, path: str, metadata: Mapping[str, str]) -> ArtifactInfo:
+        raise AccessDenied("no write permission")
+
+    wb = WriteBack(tmp_path, "b", refuse, concurrency=1, hedge=5.0)
+
+    async def main() -> None:
+        with pytest.raises(AccessDenied):
+            await wb.submit("c", "f", stage(tmp_path, "s", b"mine"), {}, 4, 0)
+        assert wb.pending("c", "f") is None
+
+    with_workers(wb, main)
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]  # the data is the caller's again, no record

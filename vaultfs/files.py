@@ -253,10 +253,18 @@ class Files:
                 await self.writeback.submit(
                     node.container, node.key, of.staged, meta, node.size, node.mtime_ns
                 )
-            except OSError:
-                # Still queued in memory, but not durable: the next close or fsync hands it over again.
-                log.error("cannot journal %s/%s; the data stays in %s", node.container, node.key, of.staged)
-                of.dirty = True
+            except Exception as exc:
+                of.dirty = True  # the next close or fsync hands it over again
+                if self.writeback.pending(*key) is None:
+                    # Refused by the backend: the staging file is ours again, and nothing is pending.
+                    of.sealed = False
+                    del self._uploading[key]
+                    of.pinned = False
+                    node.opens -= 1  # the pin's; the handle flushing keeps the file open
+                if isinstance(exc, OSError):
+                    log.error(
+                        "cannot journal %s/%s; the data stays in %s", node.container, node.key, of.staged
+                    )
                 raise
 
     def _pin(self, of: OpenFile) -> None:

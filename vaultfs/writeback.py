@@ -59,6 +59,7 @@ from pathlib import Path
 import trio
 
 from drivers.base import ArtifactInfo
+from drivers.errors import DriverError, Unavailable
 
 from . import metrics
 
@@ -216,6 +217,9 @@ class WriteBack:
         and a journal record naming it are made durable.  A queued older
         version of the same artifact is replaced.  Raises ``OSError`` if the
         journal cannot be written; the version then stays queued in memory.
+        Raises the backend's error if it refused the version outright (not
+        :class:`~drivers.errors.Unavailable`) within the hedge; the version is
+        then dropped and ``staging`` left to the caller.
         """
         self._seq = max(time.time_ns(), self._seq + 1)
         up = Upload(
@@ -239,9 +243,23 @@ class WriteBack:
             # A backend that answers quickly stores small files sooner than a
             # journal record becomes durable, and saves the fsyncs.
             with trio.move_on_after(self._hedge):
-                await up.finished.wait()
+                event = up.attempted  # the first attempt's end: stored, or failed
+                await event.wait()
         if up.finished.is_set():
             return up  # stored, or replaced or cancelled by a later call
+        error = up.error
+        if (
+            isinstance(error, DriverError)
+            and not isinstance(error, Unavailable)
+            and self._queued.get(up.key) is up
+        ):
+            # Refused outright (a name the backend does not accept, no permission, no quota):
+            # retrying would not help, so the caller gets the error back with its data, as
+            # from a synchronous upload.
+            del self._queued[up.key]
+            up.finished.set()
+            self._changed()
+            raise error
         up.journal = "writing"
         try:
             await trio.to_thread.run_sync(self._write_record, up)
