@@ -35,12 +35,14 @@ class FailingPuts(MemoryDriver):
     """A memory driver whose puts fail while ``failing`` is set (a backend outage)."""
 
     failing = False
+    #: What a failing put raises: a transient error by default.
+    error: type[errors.DriverError] = errors.Unavailable
 
     def put(
         self, container: str, artifact: str, stream: Any, size: Any = None, metadata: Any = None
     ) -> ArtifactInfo:
         if self.failing:
-            raise errors.Unavailable("backend down")
+            raise self.error("backend says no")
         return super().put(container, artifact, stream, size, metadata)
 
 
@@ -369,6 +371,30 @@ def test_failed_upload_keeps_the_data_and_fsync_reports_it(tmp_path: Path) -> No
         await world.ops.release(info.fh)
         assert gauge("vaultfs_writeback_pending") == 0
         assert world.stored("b", "f") == b"precious"
+        assert list(world.staging.iterdir()) == []
+
+    run(main)
+
+
+def test_an_upload_refused_outright_fails_close_and_keeps_the_data(tmp_path: Path) -> None:
+    driver = FailingPuts()
+    driver.error = errors.AccessDenied
+    world = World(tmp_path, driver)
+
+    async def main() -> None:
+        await world.mkdir("/b")
+        info, _ = await world.ops.create(await world.ino("/b"), b"f", 0o100644, os.O_WRONLY, CTX)
+        await world.ops.write(info.fh, 0, b"mine")
+        driver.failing = True
+        with fails_with(errno.EACCES):
+            await world.ops.flush(info.fh)  # retrying would not help: close says so, as before write-back
+        assert gauge("vaultfs_writeback_pending") == 0
+        driver.failing = False
+        await world.ops.write(info.fh, 4, b"!")
+        await world.ops.flush(info.fh)
+        await world.ops.release(info.fh)
+        await world.settle()
+        assert world.stored("b", "f") == b"mine!"
         assert list(world.staging.iterdir()) == []
 
     run(main)

@@ -291,7 +291,7 @@ def test_a_quick_upload_needs_no_journal_record(tmp_path: Path) -> None:
         return await wb.submit("c", "f", stage(tmp_path, "s", b"quick"), {}, 5, 0)
 
     up = with_workers(wb, main)
-    assert up.finished.is_set() and up.journal == "none"
+    assert up.safe.is_set() and up.journal == "none"
     assert fake.stored[("c", "f")][0] == b"quick"
     assert list(tmp_path.iterdir()) == []
 
@@ -304,7 +304,7 @@ def test_a_slow_upload_is_journaled_after_the_hedge_and_goes_on(tmp_path: Path) 
         fake.gate = trio.Event()
         with trio.fail_after(5):
             up = await wb.submit("c", "f", stage(tmp_path, "s", b"slow"), {}, 4, 0)
-        assert up.journal == "durable" and not up.finished.is_set()
+        assert up.journal == "durable" and up.safe.is_set()
         assert [r["artifact"] for r in records(tmp_path)] == ["f"]
         assert fake.running == 1  # the upload started at once and is still under way
         fake.gate.set()
@@ -328,3 +328,19 @@ def test_a_version_the_backend_refuses_outright_is_returned_with_its_error(tmp_p
 
     with_workers(wb, main)
     assert [p.name for p in tmp_path.iterdir()] == ["s"]  # the data is the caller's again, no record
+
+
+def test_a_replaced_version_keeps_its_record_until_the_newer_one_is_safe(tmp_path: Path) -> None:
+    wb = WriteBack(tmp_path, "b", FakeBackend().put, concurrency=1, hedge=0.01)
+
+    async def main() -> None:
+        # No workers: nothing is uploaded, every version must reach the journal.
+        await wb.submit("c", "f", stage(tmp_path, "v1", b"one"), {}, 3, 0)
+        with pytest.raises(FileNotFoundError):  # the newer version's journal write fails
+            await wb.submit("c", "f", tmp_path / "missing", {}, 3, 0)
+        assert [r["staging"] for r in records(tmp_path)] == ["v1"]  # so the older one stays durable
+        await wb.submit("c", "f", stage(tmp_path, "v3", b"three"), {}, 5, 0)
+        assert [r["staging"] for r in records(tmp_path)] == ["v3"]
+        assert not (tmp_path / "v1").exists()
+
+    trio.run(main)

@@ -32,6 +32,7 @@ from pathlib import Path
 import trio
 
 from drivers.base import ArtifactInfo
+from drivers.errors import DriverError
 
 from . import attrs
 from .backend import Backend
@@ -255,9 +256,9 @@ class Files:
                 )
             except Exception as exc:
                 of.dirty = True  # the next close or fsync hands it over again
+                if isinstance(exc, DriverError):
+                    of.sealed = False  # refused by the backend: the staging file is ours again
                 if self.writeback.pending(*key) is None:
-                    # Refused by the backend: the staging file is ours again, and nothing is pending.
-                    of.sealed = False
                     del self._uploading[key]
                     of.pinned = False
                     node.opens -= 1  # the pin's; the handle flushing keeps the file open

@@ -28,9 +28,12 @@ Ordering rules:
 * Versions of one artifact are uploaded one at a time, oldest first; a version
   submitted while an older one is still queued (not started) replaces it, so an
   old version is never uploaded after a newer one.
-* A record is removed only after its upload succeeded, or once a newer record
-  of the same artifact is durable.  Removal is made durable (directory fsync)
-  before the caller goes on, so a deleted file is never brought back by replay.
+* A version is *safe* once it is stored, its record is durable, or a newer
+  version that replaced it is safe; ``submit`` returns only then.  A record is
+  removed only once its version is safe and no longer needed (stored, or
+  replaced by a safe newer version, or the artifact deleted).  Removal is made
+  durable (directory fsync) before the caller goes on, so a deleted file is
+  never brought back by replay.
 * At start-up :meth:`WriteBack.replay` keeps the newest record per artifact
   (highest ``seq``) and queues it again.
 
@@ -102,12 +105,23 @@ class Upload:
     error: BaseException | None = None
     #: Set, and replaced, whenever an attempt ends.
     attempted: trio.Event = field(default_factory=trio.Event)
-    #: Set once the version is stored, or replaced or cancelled: it leaves the queue for good.
-    finished: trio.Event = field(default_factory=trio.Event)
+    #: Set, and replaced, whenever an attempt ends or the version becomes safe.
+    changed: trio.Event = field(default_factory=trio.Event)
+    #: Set once losing this version is impossible: it is stored, its record is durable, a newer
+    #: version that replaced it is safe, or the artifact was deleted.
+    safe: trio.Event = field(default_factory=trio.Event)
+    #: Older versions this one replaced before they were stored; their records are kept until this
+    #: version is safe, so a crash in between still finds one of them.
+    replaces: list[Upload] = field(default_factory=list)
     #: Its journal record: "none", "writing" or "durable" (replayed versions are durable).
     journal: str = "none"
     #: Set once a record write has ended, whatever its outcome.
     journaled: trio.Event = field(default_factory=trio.Event)
+
+    def poke(self) -> None:
+        """Wake whoever waits for ``changed``."""
+        event, self.changed = self.changed, trio.Event()
+        event.set()
 
     @property
     def key(self) -> Key:
@@ -233,20 +247,22 @@ class WriteBack:
             self.directory / f"{RECORD_PREFIX}{self._seq:020d}{RECORD_SUFFIX}",
         )
         older = self._queued.pop(up.key, None)
+        if older is not None:
+            # Never uploaded now; its record stays until this version is safe.
+            up.replaces, older.replaces = [*older.replaces, older], []
         waiting = older or self._uploading.get(up.key)
         up.since = waiting.since if waiting is not None else trio.current_time()
         self._queued[up.key] = up
         self._changed()
-        if older is not None:
-            await self._remove(older)
         if self._hedge > 0:
             # A backend that answers quickly stores small files sooner than a
             # journal record becomes durable, and saves the fsyncs.
             with trio.move_on_after(self._hedge):
-                event = up.attempted  # the first attempt's end: stored, or failed
-                await event.wait()
-        if up.finished.is_set():
-            return up  # stored, or replaced or cancelled by a later call
+                while not up.safe.is_set() and up.error is None:
+                    event = up.changed
+                    await event.wait()
+        if up.safe.is_set():
+            return up
         error = up.error
         if (
             isinstance(error, DriverError)
@@ -255,11 +271,16 @@ class WriteBack:
         ):
             # Refused outright (a name the backend does not accept, no permission, no quota):
             # retrying would not help, so the caller gets the error back with its data, as
-            # from a synchronous upload.
+            # from a synchronous upload.  What this version replaced is still to be stored.
             del self._queued[up.key]
-            up.finished.set()
+            if up.replaces:
+                previous = up.replaces.pop()
+                previous.replaces, up.replaces = up.replaces, []
+                self._queued[up.key] = previous
             self._changed()
             raise error
+        # Not safe yet, and nothing awaited since that check: a newer version made safe from here
+        # on waits for this record before removing it.
         up.journal = "writing"
         try:
             await trio.to_thread.run_sync(self._write_record, up)
@@ -268,6 +289,7 @@ class WriteBack:
             if up.journal != "durable":
                 up.journal = "none"
             up.journaled.set()
+        await self._made_safe(up)
         return up
 
     async def amend(self, container: str, artifact: str, metadata: Mapping[str, str]) -> bool:
@@ -288,10 +310,27 @@ class WriteBack:
         os.replace(tmp, up.record)
         _fsync_path(self.directory)
 
+    async def _made_safe(self, up: Upload) -> None:
+        """``up`` is stored or durable: so is everything it replaced, whose records can go now."""
+        replaced, up.replaces = up.replaces, []
+        for version in (up, *replaced):
+            version.safe.set()
+            version.poke()
+        for old in replaced:
+            await self._remove(old)
+
+    async def _supersede(self, old: Upload, newer: Upload) -> None:
+        """``old`` left the queue for ``newer``: remove it once ``newer`` is safe."""
+        if newer.safe.is_set():
+            old.safe.set()
+            old.poke()
+            await self._remove(old)
+        else:
+            newer.replaces.append(old)
+
     async def _remove(self, up: Upload) -> None:
-        """Finish a stored, replaced or cancelled version: delete its record, if it has one, and its
-        data unless a pending version shares it."""
-        up.finished.set()
+        """Finish a version that is safe or no longer needed: delete its record, if it has one, and
+        its data unless a pending version shares it."""
         if up.journal == "writing":
             await up.journaled.wait()  # the record must not appear after it was removed
         shared = any(other.staging == up.staging for other in self._all() if other is not up)
@@ -342,7 +381,12 @@ class WriteBack:
         while True:
             queued = self._queued.pop(key, None)
             if queued is not None:
-                await self._remove(queued)
+                # The artifact is being deleted: none of its versions is needed any more.
+                replaced, queued.replaces = queued.replaces, []
+                for version in (queued, *replaced):
+                    version.safe.set()
+                    version.poke()
+                    await self._remove(version)
                 self._changed()
                 continue
             uploading = self._uploading.get(key)
@@ -433,6 +477,7 @@ class WriteBack:
                 path,
                 journal="durable",
             )
+            up.safe.set()
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.error("write-back: ignoring the unreadable journal record %s: %s", path, exc)
             return None
@@ -484,10 +529,12 @@ class WriteBack:
                 info = await self._put(up.container, up.artifact, str(up.staging), up.metadata)
             except Exception as exc:
                 self._failed(up, exc)
-                if self._queued.get(up.key) is not up:
-                    await self._remove(up)  # a newer version replaced it
+                newer = self._queued.get(up.key)
+                if newer is not None and newer is not up:
+                    await self._supersede(up, newer)
                 return
             up.error = None
+            await self._made_safe(up)
             await self._remove(up)
             del self._uploading[up.key]
             up.uploading = False
@@ -497,6 +544,7 @@ class WriteBack:
             slots.release()
             event, up.attempted = up.attempted, trio.Event()
             event.set()
+            up.poke()
             self._changed()
 
     def _failed(self, up: Upload, exc: Exception) -> None:
