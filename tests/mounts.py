@@ -3,10 +3,16 @@
 A :class:`Mount` starts ``vaultfs mount ... --foreground``, waits (bounded)
 for the mountpoint while checking that the daemon is alive, and on stop
 always unmounts (``fusermount3 -u``, then lazily) and kills the daemon.
+
+``close(2)`` returns once a file is in the write-back journal; a test that
+looks at the backend first waits with :meth:`Mount.settle`, which asks the
+daemon's ``/healthz`` (the mount needs ``--metrics-listen 127.0.0.1:0``) until
+no upload is pending, as a user or a monitoring system would.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from vaultfs import runtime, status
 
 VAULTFS = shutil.which("vaultfs", path=os.path.dirname(sys.executable)) or "vaultfs"
 
@@ -54,6 +62,41 @@ class Mount:
                 raise RuntimeError(f"no mount on {self.mountpoint} after {timeout}s:\n{self.log()}")
             time.sleep(0.05)
         return self
+
+    def health(self) -> dict[str, object]:
+        """The daemon's /healthz report, found through its runtime record (written just after the
+        mount appears, so it is waited for)."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for path in sorted(runtime.runtime_dir().glob("*.json")):
+                try:
+                    record = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue
+                if record.get("mountpoint") == str(self.mountpoint) and record.get("pid") == self.pid:
+                    if not record.get("metrics"):
+                        raise RuntimeError("no /healthz: mount with --metrics-listen 127.0.0.1:0")
+                    return status.fetch_health(str(record["metrics"]), timeout=10)
+            time.sleep(0.02)
+        raise RuntimeError(f"no runtime record for the daemon of {self.mountpoint}")
+
+    def pending_uploads(self) -> int:
+        """Uploads the daemon's write-back queue holds now."""
+        writeback = self.health()["writeback"]
+        assert isinstance(writeback, dict)
+        return int(writeback["pending"])
+
+    def settle(self, timeout: float = 60.0) -> None:
+        """Wait until every file closed so far is in the backend."""
+        deadline = time.monotonic() + timeout
+        while self.pending_uploads():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"uploads still pending after {timeout}s:\n{self.log()[-3000:]}")
+            time.sleep(0.02)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -194,8 +194,8 @@ def test_unknown_top_level_and_section_keys(tmp_path: Path) -> None:
         f"{path}: cahce: unknown key (did you mean 'cache'?); expected one of backends, cache, metrics, "
         "mount, logging",
         f"{path}: mount.atr_ttl: unknown key (did you mean 'attr_ttl'?); expected one of attr_ttl, dir_ttl, "
-        "uid, gid, umask, allow_other, read_only, rename_limit, workers, timeout, retries, read_ahead_max, "
-        "writeback_cache, foreground",
+        "uid, gid, umask, allow_other, read_only, rename_limit, workers, upload_workers, timeout, retries, "
+        "read_ahead_max, writeback_cache, foreground",
     ]
 
 

@@ -222,8 +222,9 @@ def test_metrics_move_by_what_the_work_implies(
         "vaultfs_driver_bytes_total", **read
     )
 
-    # A 1 MiB file written and closed: one upload of 1 MiB.
+    # A 1 MiB file written and closed: one upload of 1 MiB, once write-back has run.
     (m.mountpoint / "c" / "new").write_bytes(os.urandom(MiB))
+    m.settle()
     written = Scrape(address)
     assert (
         written.value("vaultfs_bytes_written_total", backend=name)

@@ -405,7 +405,7 @@ def test_detached_mount_is_live_on_return_and_umount_waits_for_the_daemon(site: 
     # Live the moment the command returns: no polling.
     assert os.path.ismount(site.mnt)
     (site.mnt / "c" / "new.txt").write_text("through the mount\n")
-    assert (site.data / "c" / "new.txt").read_text() == "through the mount\n"
+    assert (site.mnt / "c" / "new.txt").read_text() == "through the mount\n"
 
     record = record_for(site.mnt)
     assert record is not None, f"no runtime record for {site.mnt} in {runtime.runtime_dir()}"
@@ -423,6 +423,8 @@ def test_detached_mount_is_live_on_return_and_umount_waits_for_the_daemon(site: 
     assert not is_mounted(site.mnt)
     assert record_for(site.mnt) is None
     assert os.listdir(site.mnt) == []
+    # ... and once the upload of what was written had finished.
+    assert (site.data / "c" / "new.txt").read_text() == "through the mount\n"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="raising a mount's read-ahead needs root")

@@ -177,8 +177,18 @@ class Setup:
 
 
 def mount_args(tmp_path: Path) -> list[str]:
-    """TTL 0: another client's changes must be visible at the very next operation."""
-    return ["--cache-dir", str(tmp_path / "cache"), "--attr-ttl", "0", "--dir-ttl", "0"]
+    """TTL 0: another client's changes must be visible at the very next operation.  The listener
+    lets the other client wait for the mount's pending uploads (see :meth:`MountModel.settle`)."""
+    return [
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--attr-ttl",
+        "0",
+        "--dir-ttl",
+        "0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]
 
 
 def local_setup(tmp_path: Path, mount_factory: MountFactory) -> Setup:
@@ -317,6 +327,7 @@ class MountModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.client = self.setup.client
+        self.settle()
         self.mnt = self.setup.mount.mountpoint / self.client.fresh()
         self.model_base.mkdir(parents=True, exist_ok=True)
         self.model = Path(tempfile.mkdtemp(dir=self.model_base))
@@ -324,6 +335,7 @@ class MountModel(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         shutil.rmtree(self.model, ignore_errors=True)
+        self.settle()
         self.client.clear()
 
     # -- helpers -----------------------------------------------------------------
@@ -333,6 +345,11 @@ class MountModel(RuleBasedStateMachine):
         actual, _ = outcome(lambda: op(self.mnt))
         assert actual == expected, f"{what}: the mount says {errname(actual)}, the model {errname(expected)}"
         return expected is None
+
+    def settle(self) -> None:
+        """Wait for the mount's pending uploads, as the README asks of another client: an upload
+        still pending when another client writes the same artifact overwrites that write."""
+        self.setup.mount.settle()
 
     def kind(self, path: str) -> str:
         """What the model has at ``path``."""
@@ -410,6 +427,7 @@ class MountModel(RuleBasedStateMachine):
         if self.kind(path) == "dir" or any(self.kind(a) == "file" for a in ancestors):
             note(f"skipped other_put {path}: a file and a directory of one name cannot coexist")
             return False
+        self.settle()
         self.client.put(path, data)
         (self.model / path).parent.mkdir(parents=True, exist_ok=True)
         (self.model / path).write_bytes(data)
@@ -421,6 +439,7 @@ class MountModel(RuleBasedStateMachine):
             # Stores disagree here: S3 deletes nothing, SeaweedFS drops an empty folder of that name.
             note(f"skipped other_delete {path}: a directory")
             return
+        self.settle()
         self.client.delete(path)
         if self.kind(path) == "file":
             (self.model / path).unlink()

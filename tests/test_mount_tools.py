@@ -23,6 +23,8 @@ from drivers.local import LocalDriver
 pytestmark = pytest.mark.mount
 
 TTL = "1"
+#: /healthz, through which Tree waits for the mount's pending uploads.
+LISTEN = ("--metrics-listen", "127.0.0.1:0")
 
 
 @dataclass
@@ -35,9 +37,13 @@ class Tree:
     container: str
 
     def put(self, name: str, data: bytes) -> None:
+        # After the mount's own pending uploads, which would otherwise overwrite this (README).
+        self.mount.settle()
         self.driver.put(self.container, name, io.BytesIO(data), size=len(data))
 
     def stored(self, name: str) -> bytes:
+        """What the backend holds once the mount's pending uploads are done."""
+        self.mount.settle()
         with self.driver.get(self.container, name) as f:
             return f.read()
 
@@ -53,7 +59,9 @@ def sh(cmd: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
 def make_local(tmp_path: Path, mount_factory: MountFactory) -> Tree:
     data = tmp_path / "data"
     (data / "c").mkdir(parents=True)
-    m = mount_factory(str(data), "--cache-dir", str(tmp_path / "cache"), "--attr-ttl", TTL, "--dir-ttl", TTL)
+    m = mount_factory(
+        str(data), "--cache-dir", str(tmp_path / "cache"), "--attr-ttl", TTL, "--dir-ttl", TTL, *LISTEN
+    )
     return Tree(m, m.mountpoint / "c", LocalDriver(LocalDriver.Options(root=str(data))), "c")
 
 
@@ -80,6 +88,7 @@ def make_s3(tmp_path: Path, mount_factory: MountFactory, s3_options: dict[str, o
         TTL,
         "--dir-ttl",
         TTL,
+        *LISTEN,
     )
     return Tree(m, m.mountpoint / bucket, driver, bucket)
 
@@ -221,6 +230,7 @@ def test_chmod_chown_touch_persist(tree: Tree) -> None:
         5678,
         1_600_000_000,
     )
+    tree.mount.settle()
     meta = tree.driver.stat(tree.container, "m.txt").metadata or {}
     assert (meta["mode"], meta["uid"], meta["gid"], meta["mtime"]) == (
         str(0o100600),

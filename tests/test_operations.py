@@ -35,12 +35,14 @@ class FailingPuts(MemoryDriver):
     """A memory driver whose puts fail while ``failing`` is set (a backend outage)."""
 
     failing = False
+    #: What a failing put raises: a transient error by default.
+    error: type[errors.DriverError] = errors.Unavailable
 
     def put(
         self, container: str, artifact: str, stream: Any, size: Any = None, metadata: Any = None
     ) -> ArtifactInfo:
         if self.failing:
-            raise errors.Unavailable("backend down")
+            raise self.error("backend says no")
         return super().put(container, artifact, stream, size, metadata)
 
 
@@ -59,8 +61,16 @@ class ListsLikeS3(MemoryDriver):
         return super().stat(container, artifact)
 
 
+#: Every World made in the current test: :func:`run` runs their write-back workers.
+WORLDS: list[World] = []
+
+
 class World:
-    """A file system over a memory driver, plus helpers that read like shell commands."""
+    """A file system over a memory driver, plus helpers that read like shell commands.
+
+    ``write_file`` waits for the upload that the close queued, so the backend
+    holds the data afterwards, as in the tests written before write-back.
+    """
 
     def __init__(
         self, tmp_path: Path, driver: MemoryDriver | None = None, ttl: float = 0.0, rename_limit: int = 100
@@ -76,6 +86,7 @@ class World:
             self.backend, self.ns, self.files, FsOptions(attr_ttl=ttl, rename_limit=rename_limit)
         )
         self.staging = tmp_path / "staging"
+        WORLDS.append(self)
 
     async def ino(self, path: str) -> int:
         ino = ROOT_INODE
@@ -94,6 +105,11 @@ class World:
         await self.ops.write(info.fh, offset, data)
         await self.ops.flush(info.fh)
         await self.ops.release(info.fh)
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Wait until the write-back queue is empty (or each pending upload failed once more)."""
+        await self.files.writeback.drain()
 
     async def read_file(self, path: str) -> bytes:
         info = await self.ops.open(await self.ino(path), os.O_RDONLY, CTX)
@@ -123,7 +139,23 @@ def gauge(name: str) -> float:
 
 
 def run(fn: Callable[[], Awaitable[Any]]) -> Any:
-    return trio.run(fn)
+    """Run ``fn`` with the write-back workers of every World of the test running beside it."""
+
+    async def main() -> Any:
+        async with trio.open_nursery() as nursery:
+            for world in WORLDS:
+                nursery.start_soon(world.files.writeback.run)
+            result = await fn()
+            nursery.cancel_scope.cancel()
+        return result
+
+    return trio.run(main)
+
+
+@pytest.fixture(autouse=True)
+def _forget_worlds() -> Any:
+    yield
+    WORLDS.clear()
 
 
 def fails_with(code: int) -> Any:
@@ -190,6 +222,7 @@ def test_truncate_without_open_file(world: World) -> None:
         attr = pyfuse3.EntryAttributes()
         attr.st_size = 4
         await world.ops.setattr(ino, attr, fields, None, CTX)
+        await world.settle()
         assert world.stored("b", "f") == b"0123"
 
     run(main)
@@ -313,7 +346,7 @@ def test_symlinks_and_unsupported_nodes(world: World) -> None:
     run(main)
 
 
-def test_failed_upload_is_eio_and_keeps_the_data(tmp_path: Path) -> None:
+def test_failed_upload_keeps_the_data_and_fsync_reports_it(tmp_path: Path) -> None:
     driver = FailingPuts()
     world = World(tmp_path, driver)
 
@@ -323,16 +356,45 @@ def test_failed_upload_is_eio_and_keeps_the_data(tmp_path: Path) -> None:
         await world.ops.write(info.fh, 0, b"precious")
         driver.failing = True
         failures = gauge("vaultfs_writeback_failures_total")
+        await world.ops.flush(info.fh)  # close succeeds: the data is in the journal
         with fails_with(errno.EIO):
-            await world.ops.flush(info.fh)
-        assert [p.read_bytes() for p in world.staging.iterdir()] == [b"precious"]
-        assert gauge("vaultfs_writeback_failures_total") == failures + 1
+            await world.ops.fsync(info.fh, False)  # fsync waits for the upload, which fails
+        staged = [p for p in world.staging.iterdir() if not p.name.startswith("journal-")]
+        assert [p.read_bytes() for p in staged] == [b"precious"]
+        assert gauge("vaultfs_writeback_failures_total") >= failures + 1
         assert (gauge("vaultfs_writeback_pending"), gauge("vaultfs_writeback_pending_bytes")) == (1, 8)
-        driver.failing = False
-        await world.ops.flush(info.fh)  # the next close retries
-        assert gauge("vaultfs_writeback_pending") == 0
         await world.ops.release(info.fh)
+        assert await world.read_file("/b/f") == b"precious"  # served from the staged copy meanwhile
+        driver.failing = False
+        info = await world.ops.open(await world.ino("/b/f"), os.O_RDONLY, CTX)
+        await world.ops.fsync(info.fh, False)  # retries now instead of after the backoff
+        await world.ops.release(info.fh)
+        assert gauge("vaultfs_writeback_pending") == 0
         assert world.stored("b", "f") == b"precious"
+        assert list(world.staging.iterdir()) == []
+
+    run(main)
+
+
+def test_an_upload_refused_outright_fails_close_and_keeps_the_data(tmp_path: Path) -> None:
+    driver = FailingPuts()
+    driver.error = errors.AccessDenied
+    world = World(tmp_path, driver)
+
+    async def main() -> None:
+        await world.mkdir("/b")
+        info, _ = await world.ops.create(await world.ino("/b"), b"f", 0o100644, os.O_WRONLY, CTX)
+        await world.ops.write(info.fh, 0, b"mine")
+        driver.failing = True
+        with fails_with(errno.EACCES):
+            await world.ops.flush(info.fh)  # retrying would not help: close says so, as before write-back
+        assert gauge("vaultfs_writeback_pending") == 0
+        driver.failing = False
+        await world.ops.write(info.fh, 4, b"!")
+        await world.ops.flush(info.fh)
+        await world.ops.release(info.fh)
+        await world.settle()
+        assert world.stored("b", "f") == b"mine!"
         assert list(world.staging.iterdir()) == []
 
     run(main)

@@ -249,8 +249,10 @@ class Operations(pyfuse3.Operations):
 
     async def _store_attributes(self, node: Node) -> None:
         """Persist mode, owner and mtime in the artifact's metadata."""
-        if node.is_root or node.is_container or self.files.dirty_metadata(node):
-            return  # the root and containers have nowhere to keep them; a dirty file uploads them on flush
+        if node.is_root or node.is_container:
+            return  # nowhere to keep them
+        if await self.files.amend_metadata(node):
+            return  # they go with the file's pending upload
         meta = attrs.encode(node.mode, node.uid, node.gid, node.mtime_ns, node.meta)
         if node.kind is Kind.DIR:
             # Rewriting the empty marker is cheaper than a copy in place, creates
@@ -338,6 +340,8 @@ class Operations(pyfuse3.Operations):
                 parent, sname, Entry(Kind.DIR, 0, info.mtime, info.etag, meta, marker=True)
             )
             self.ns.record(node)
+        # It was just made, so it is empty: lookups of new names in it (every create) need no request.
+        self.ns.cache_listing(node, {})
         self.ns.lookup_ref(node)
         return self.attr(node)
 
@@ -451,7 +455,7 @@ class Operations(pyfuse3.Operations):
 
     @operation
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await self.files.flush(fh)
+        await self.files.fsync(fh)
 
     async def release(self, fh: int) -> None:
         await self.files.release(fh)
@@ -464,7 +468,7 @@ class Operations(pyfuse3.Operations):
         node = await self._child(parent, name)
         if node.kind is Kind.DIR:
             raise Fail(errno.EISDIR)
-        self.files.discard(node)
+        await self.files.discard(node)
         await self.backend.delete(node.container, node.key)
         self.ns.record_gone(node.container, node.key)
         self.ns.detach(node)
@@ -503,13 +507,13 @@ class Operations(pyfuse3.Operations):
         if src.kind is Kind.DIR:
             await self._rename_dir(src, new_parent, new_name)
         else:
-            await self.files.flush_node(src)
+            await self.files.sync_node(src)
             new_key = new_parent.child_key(new_name, src.kind)
             if dst is not None and dst.kind is Kind.DIR:
                 await self.backend.delete(dst.container, dst.key)
             if dst is not None:
                 # Open descriptors of the replaced file keep writing to it, not to its successor.
-                self.files.discard(dst)
+                await self.files.discard(dst)
                 self.ns.detach(dst)
             info = await self.backend.copy(src.container, src.key, new_parent.container, new_key)
             await self.backend.delete(src.container, src.key)
@@ -527,6 +531,7 @@ class Operations(pyfuse3.Operations):
     async def _rename_dir(self, src: Node, new_parent: Node, new_name: str) -> None:
         """Copy every artifact below ``src`` to the new prefix, then delete the old ones."""
         limit = self.options.rename_limit
+        await self.files.sync_tree(src.container, src.key)  # files not uploaded yet are not in the listing
         items = await self.backend.list_page(src.container, prefix=src.key, limit=limit + 1)
         if len(items) > limit:
             log.info("refusing to rename %s/%s: more than %d artifacts", src.container, src.key, limit)
@@ -536,7 +541,7 @@ class Operations(pyfuse3.Operations):
         for name in names:
             open_node = self.ns.find(src.container, name)
             if open_node is not None:
-                await self.files.flush_node(open_node)
+                await self.files.sync_node(open_node)
         container = new_parent.container
         await run_all(
             functools.partial(self._copy_entry, src.container, n, container, new_key + n[len(src.key) :])

@@ -159,7 +159,9 @@ def build(plan: MountPlan) -> tuple[Operations, Files, Backend]:
         cache = BlockCache(Path(s.cache_dir) / "blocks" / plan.name, s.cache_size, s.cache_min_free)
         metrics.CACHE_BUDGET_BYTES.labels(plan.name).set(s.cache_size)
     reader = Reader(backend, cache, s.cache_block_size, s.read_ahead_max)
-    files = Files(ns, backend, reader, plan.staging_dir)
+    files = Files(ns, backend, reader, plan.staging_dir, upload_workers=s.upload_workers)
+    # Before serving: files whose upload a crash or restart interrupted are shown and queued again.
+    files.resume()
     # The kernel's own entry/attribute caches must not outlive ours.
     fs_options = FsOptions(
         attr_ttl=min(s.attr_ttl, s.dir_ttl),
@@ -326,8 +328,13 @@ async def _serve(ops: Operations, files: Files, backend: Backend, service: Servi
         if interval is not None:
             nursery.start_soon(_watchdog, service.notifier, interval)
         await pyfuse3.main()
+        # After an unmount: upload what is pending while the write-back workers still run.
+        failed = await files.flush_all()
+        if failed:
+            log.error(
+                "%d file(s) could not be uploaded; they stay in the journal in %s", failed, files.staging_dir
+            )
         nursery.cancel_scope.cancel()
-    await files.flush_all()  # after an external unmount: nothing is dirty, but the attribute index may be
     service.state.update(mounted=False, serving=False)
     service.stopping("unmounted; closing the backend")
     await backend.aclose()
@@ -346,7 +353,9 @@ async def _stop_on_signal(files: Files, service: Service) -> None:
                 nursery.cancel_scope.cancel()
             if failed:
                 log.error(
-                    "%d file(s) could not be uploaded; their data stays in %s", failed, files.staging_dir
+                    "%d file(s) could not be uploaded; they stay in the journal in %s for the next mount",
+                    failed,
+                    files.staging_dir,
                 )
             pyfuse3.terminate()
             return

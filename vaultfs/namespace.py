@@ -225,6 +225,10 @@ class Namespace:
             return self._node_from(name, "", entry)
         return self._node_from(parent.container, parent.child_key(name, entry.kind), entry)
 
+    def adopt(self, container: str, key: str, entry: Entry) -> Node:
+        """The node for a file known without its directory (a pending upload found at start-up)."""
+        return self._node_from(container, key, entry)
+
     def forget_name(self, parent: Node, name: str) -> None:
         """Drop a child the file system just removed from the caches (not from the inode table)."""
         if parent.children is not None:

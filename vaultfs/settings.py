@@ -304,6 +304,8 @@ class Settings:
         "most artifacts a directory rename may copy before it is refused", minimum=0)
     workers: int = _setting("mount.workers", "int", 16,
         "concurrent backend operations (worker threads, connection pool size)", minimum=1)
+    upload_workers: int = _setting("mount.upload_workers", "int", 8,
+        "uploads the write-back queue runs at once (each also takes one of the workers)", minimum=1)
     timeout: float = _setting("mount.timeout", "duration", 60.0,
         "time limit of one backend operation attempt", minimum=0.1)
     retries: int = _setting("mount.retries", "int", 5,
