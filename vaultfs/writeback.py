@@ -4,7 +4,8 @@ The open-file layer hands over a staged file when it is flushed; from then on
 the file belongs to write-back and is never written again (its owner copies it
 before writing more).  :meth:`WriteBack.submit` queues the upload at once and
 returns as soon as the version is either stored or durable in the journal:
-it gives the upload :data:`HEDGE` seconds, then writes the journal record.  A
+it gives the upload :data:`HEDGE` seconds (more for a large file, about as long
+as fsyncing its data would take), then writes the journal record.  A
 quick backend thus stores a small file with no local fsync at all (on a busy
 disk each fsync can cost more than a PUT to a nearby server); a slow or
 unreachable one costs the close that delay plus the journal's fsyncs, and the
@@ -76,6 +77,10 @@ RETRY_BASE = 1.0
 RETRY_MAX = 60.0
 #: Seconds :meth:`WriteBack.submit` gives the upload before it writes the journal record instead.
 HEDGE = 0.05
+#: Plus one second per this many bytes: a record needs the staged data fsynced first, which costs
+#: about that long on a local disk, so a large file gains nothing from journaling an upload that
+#: is making progress, and would only write its data to the disk twice.
+HEDGE_RATE = 256 * 1024 * 1024
 
 Key = tuple[str, str]
 #: Uploads a local file as (container, artifact) with metadata: ``Backend.put_file``.
@@ -227,7 +232,8 @@ class WriteBack:
         """Queue ``staging`` for upload; return once it is stored or durable in the journal.
 
         ``staging`` must not change from now on.  The upload starts at once;
-        if it has not finished within ``hedge`` seconds (or fails), the data
+        if it has not finished within ``hedge`` seconds plus one per
+        :data:`HEDGE_RATE` bytes (or fails), the data
         and a journal record naming it are made durable.  A queued older
         version of the same artifact is replaced.  Raises ``OSError`` if the
         journal cannot be written; the version then stays queued in memory.
@@ -257,7 +263,7 @@ class WriteBack:
         if self._hedge > 0:
             # A backend that answers quickly stores small files sooner than a
             # journal record becomes durable, and saves the fsyncs.
-            with trio.move_on_after(self._hedge):
+            with trio.move_on_after(self._hedge + size / HEDGE_RATE):
                 while not up.safe.is_set() and up.error is None:
                     event = up.changed
                     await event.wait()
