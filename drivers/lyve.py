@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import ClassVar
 
 from .s3 import S3Driver, S3Options
 
@@ -45,7 +46,7 @@ class LyveDriver(S3Driver):
     """An :class:`S3Driver` whose endpoint is derived from the Lyve Cloud region."""
 
     name = "lyve"
-    Options = LyveOptions
+    Options: ClassVar[type[LyveOptions]] = LyveOptions
 
     def __init__(self, options: LyveOptions) -> None:
         if options.endpoint is None:

@@ -21,7 +21,7 @@ import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from typing import IO, Any, cast
+from typing import IO, Any, ClassVar, cast
 
 import boto3
 import botocore.exceptions as bce
@@ -304,7 +304,7 @@ class S3Driver(Driver):
     """Containers and artifacts in S3 buckets, through one thread-safe boto3 client."""
 
     name = "s3"
-    Options = S3Options
+    Options: ClassVar[type[S3Options]] = S3Options
 
     def __init__(self, options: S3Options) -> None:
         self.options = options
