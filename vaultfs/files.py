@@ -275,6 +275,9 @@ class Files:
         node = of.node
         if not of.dirty and not of.unlinked:
             node.etag, node.meta = info.etag, up.metadata
+            # Stored as it is here: listings find it in the backend again, and if another
+            # client deletes it while it is still open, it is gone, as any stored file.
+            self.ns.remove_unflushed(node)
             self.ns.record(node)
             self._kernel_etag[node.ino] = info.etag
         self._unpin(of)
