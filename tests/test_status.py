@@ -82,6 +82,8 @@ def test_status_table_and_json(
     assert table(done.stdout)["beta"]["HEALTH"] == "unknown"
 
     # All mounts: both are listed (perhaps among others), JSON carries the details.
+    # The file closed above is released (and its upload finished) asynchronously.
+    wait_until(lambda: status_json(str(alpha.mountpoint))[0]["open_files"] == 0, 10, "OPEN 0")
     entries = {e["mountpoint"]: e for e in status_json()}
     a, b = entries[str(alpha.mountpoint)], entries[str(beta.mountpoint)]
     assert a["name"] == "alpha" and a["metrics"] == address and a["mounted"] is True
