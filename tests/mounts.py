@@ -19,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,14 @@ import pytest
 from vaultfs import runtime, status
 
 VAULTFS = shutil.which("vaultfs", path=os.path.dirname(sys.executable)) or "vaultfs"
+
+
+def s3_config(path: Path, backend: str, options: Mapping[str, object]) -> Path:
+    """Write a config file at ``path`` naming one S3 backend with the suite's server ``options``."""
+    lines = ["backends:", f"  - name: {backend}", "    driver: s3", "    config:"]
+    lines += [f"      {k}: {json.dumps(v)}" for k, v in options.items()]  # JSON scalars are YAML
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def is_mounted(path: Path) -> bool:

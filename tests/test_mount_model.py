@@ -44,14 +44,13 @@ import contextlib
 import errno
 import io
 import itertools
-import json
 import os
 import shutil
 import stat
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -70,7 +69,7 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from mounts import Mount, MountFactory
+from mounts import Mount, MountFactory, s3_config
 
 from drivers.base import ArtifactInfo, Driver
 from drivers.local import LocalDriver
@@ -181,6 +180,9 @@ class Setup:
 
     mount: Mount
     client: OtherClient
+    #: The store may keep listing an emptied prefix for a while (SeaweedFS does; AWS and the
+    #: local driver do not), so any directory that was once there may flap back, empty.
+    prunes_lazily: bool = False
 
 
 def mount_args(tmp_path: Path) -> list[str]:
@@ -210,13 +212,11 @@ def s3_setup(tmp_path: Path, mount_factory: MountFactory, s3_options: dict[str, 
     """The S3 driver on the suite's SeaweedFS server, a new bucket per example."""
     from drivers.s3 import S3Driver
 
-    config = tmp_path / "config.yaml"
-    lines = ["backends:", "  - name: model", "    driver: s3", "    config:"]
-    lines += [f"      {k}: {json.dumps(v)}" for k, v in s3_options.items()]
-    config.write_text("\n".join(lines) + "\n")
+    config = s3_config(tmp_path / "config.yaml", "model", s3_options)
     mount = mount_factory("model", "--config", str(config), *mount_args(tmp_path))
     driver = S3Driver(S3Driver.Options(**s3_options))
-    return Setup(mount, DriverClient(driver, f"model{uuid.uuid4().hex[:8]}", new_containers=True))
+    client = DriverClient(driver, f"model{uuid.uuid4().hex[:8]}", new_containers=True)
+    return Setup(mount, client, prunes_lazily=True)
 
 
 #: How to build each backend's mount.
@@ -263,25 +263,36 @@ def write_file(path: Path, flags: int, data: bytes, offset: int | None = None) -
 Snapshot = dict[str, tuple[Any, ...]]
 
 
-def snapshot(root: Path, open_fds: dict[str, int] | None = None) -> Snapshot:
+def snapshot(root: Path, open_fds: dict[str, int] | None = None, flapping: Collection[str] = ()) -> Snapshot:
     """Every path below ``root`` with its kind, and for files the size stat shows and the content.
 
     Files in ``open_fds`` are read through that descriptor: opening and closing
     one by path would flush it, which uploads a dirty file on the mount and
     would hide every state in which a file has data the backend has not.
+    Paths in ``flapping`` may be gone by the time they are looked at after
+    their listing showed them; any other error propagates, as a finding.
     """
     open_fds = open_fds or {}
     out: Snapshot = {}
 
     def walk(directory: Path, prefix: str) -> None:
-        with os.scandir(directory) as it:  # errors propagate: a failing listing is a finding
+        with os.scandir(directory) as it:
             names = sorted(e.name for e in it)
         for name in names:
             rel, full = prefix + name, directory / name
-            st_ = os.lstat(full)
+            try:
+                st_ = os.lstat(full)
+            except FileNotFoundError:
+                if rel in flapping:
+                    continue
+                raise
             if stat.S_ISDIR(st_.st_mode):
                 out[rel] = ("dir",)
-                walk(full, rel + "/")
+                try:
+                    walk(full, rel + "/")
+                except FileNotFoundError:
+                    if rel not in flapping:
+                        raise
             elif stat.S_ISREG(st_.st_mode):
                 fd = open_fds.get(rel)
                 data = full.read_bytes() if fd is None else os.pread(fd, st_.st_size + 4096, 0)
@@ -340,6 +351,13 @@ class MountModel(RuleBasedStateMachine):
         self.model = Path(tempfile.mkdtemp(dir=self.model_base))
         self.marked: set[str] = set()
         self.vanished: set[str] = set()  # empty unmarked directories the mount stopped showing
+        self.were_dirs: set[str] = set()  # every path that has been a directory in the model
+        self.steps: list[str] = []  # what this example did, for a failure's message
+
+    def step(self, what: str) -> None:
+        """Record a step (Hypothesis prints its own list only for a failure it can replay)."""
+        self.steps.append(what)
+        note(what)
 
     def teardown(self) -> None:
         shutil.rmtree(self.model, ignore_errors=True)
@@ -349,6 +367,8 @@ class MountModel(RuleBasedStateMachine):
     # -- helpers -----------------------------------------------------------------
     def both(self, what: str, op: Callable[[Path], object]) -> bool:
         """Apply ``op`` to the model, then to the mount; the outcomes must agree.  True on success."""
+        self.were_dirs |= {p for p in ALL_PATHS if self.kind(p) == "dir"}
+        self.step(what)
         expected, _ = outcome(lambda: op(self.model))
         actual, _ = outcome(lambda: op(self.mnt))
         assert actual == expected, f"{what}: the mount says {errname(actual)}, the model {errname(expected)}"
@@ -433,8 +453,9 @@ class MountModel(RuleBasedStateMachine):
         parts = path.split("/")
         ancestors = ["/".join(parts[:i]) for i in range(1, len(parts))]
         if self.kind(path) == "dir" or any(self.kind(a) == "file" for a in ancestors):
-            note(f"skipped other_put {path}: a file and a directory of one name cannot coexist")
+            self.step(f"skipped other_put {path}: a file and a directory of one name cannot coexist")
             return False
+        self.step(f"other_put {path} {data!r}")
         self.settle()
         self.client.put(path, data)
         (self.model / path).parent.mkdir(parents=True, exist_ok=True)
@@ -445,8 +466,9 @@ class MountModel(RuleBasedStateMachine):
         """A delete straight to the backend; deleting a name that is not there does nothing, as on S3."""
         if self.kind(path) == "dir":
             # Stores disagree here: S3 deletes nothing, SeaweedFS drops an empty folder of that name.
-            note(f"skipped other_delete {path}: a directory")
+            self.step(f"skipped other_delete {path}: a directory")
             return
+        self.step(f"other_delete {path}")
         self.settle()
         self.client.delete(path)
         if self.kind(path) == "file":
@@ -535,20 +557,30 @@ class MountModel(RuleBasedStateMachine):
         dirs = sorted((p for p in ALL_PATHS if self.kind(p) == "dir"), key=lambda p: -p.count("/"))
         for p in dirs:
             if p not in self.marked and not os.listdir(self.model / p) and probe(self.mnt / p) == "ENOENT":
-                note(f"empty unmarked directory {p} vanished from the mount")
+                self.step(f"empty unmarked directory {p} vanished from the mount")
                 (self.model / p).rmdir()
                 self.vanished.add(p)
 
+    def _may_linger(self) -> set[str]:
+        """Directories gone from the model that the mount may still show, empty: a store that
+        drops emptied prefixes lazily (SeaweedFS) may list one for a while after its last key
+        went (a vanished directory, an rmdir, a directory renamed away), the documented either-way."""
+        return self.vanished | self.were_dirs if self.setup.prunes_lazily else self.vanished
+
     def _lingering(self, mount_tree: dict[str, tuple[Any, ...]]) -> set[str]:
-        """Vanished directories the mount shows again, still empty: a store that drops emptied
-        prefixes lazily (SeaweedFS) may list one for a while, which is the documented either-way."""
-        return {
-            p
-            for p in self.vanished
-            if not (self.model / p).exists()
-            and mount_tree.get(p) == ("dir",)
-            and not any(q.startswith(p + "/") for q in mount_tree)
+        """The directories of :meth:`_may_linger` the mount shows with nothing but such directories below."""
+        candidates = {
+            p for p in self._may_linger() if not (self.model / p).exists() and mount_tree.get(p) == ("dir",)
         }
+        return {p for p in candidates if all(q in candidates for q in mount_tree if q.startswith(p + "/"))}
+
+    def _holds_only(self, path: str, allowed: set[str]) -> bool:
+        """Whether the mount's ``path`` lists nothing outside ``allowed`` (or is gone by now)."""
+        try:
+            names = os.listdir(self.mnt / path)
+        except FileNotFoundError:
+            return True
+        return all(f"{path}/{name}" in allowed for name in names)
 
     def open_fds(self) -> dict[str, int]:
         """Descriptors of the mount through which :meth:`agree` reads files instead of opening them."""
@@ -556,16 +588,21 @@ class MountModel(RuleBasedStateMachine):
 
     @invariant()
     def agree(self) -> None:
+        try:
+            self._agree()
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nafter these steps:\n  " + "\n  ".join(self.steps)) from None
+
+    def _agree(self) -> None:
         self._drop_vanished_dirs()
-        mount_tree = snapshot(self.mnt, self.open_fds())
+        may_linger = self._may_linger()
+        mount_tree = snapshot(self.mnt, self.open_fds(), flapping=may_linger)
         lingering = self._lingering(mount_tree)
         assert {p: v for p, v in mount_tree.items() if p not in lingering} == snapshot(self.model)
         found = {p: probe(self.mnt / p) for p in ALL_PATHS}
         expected = {p: probe(self.model / p) for p in ALL_PATHS}
-        for p in self.vanished:
-            if expected.get(p) == "ENOENT" and found.get(p) == "dir" and not outcome(
-                lambda: os.listdir(self.mnt / p)  # noqa: B023 - called at once
-            )[1]:
+        for p in may_linger:
+            if expected.get(p) == "ENOENT" and found.get(p) == "dir" and self._holds_only(p, may_linger):
                 found[p] = "ENOENT"  # lingering, as above
         assert found == expected
 
@@ -625,6 +662,7 @@ class OpenFilesModel(MountModel):
         """open(O_RDWR, with O_CREAT if ``create``) on both sides, kept open."""
         existed = self.kind(path) == "file"
         flags = os.O_RDWR | (os.O_CREAT if create else 0)
+        self.step(f"open {path} {'O_CREAT' if create else ''}")
         fds: list[int] = []
         codes: list[int | None] = []
         for base in (self.model, self.mnt):
@@ -653,11 +691,12 @@ class OpenFilesModel(MountModel):
     def _pick(self, index: int) -> Handle | None:
         h = self.handles[index % len(self.handles)]
         if h.orphan and not h.staged:
-            note(f"skipped: the descriptor of {h.path} lost its file before the mount had a copy")
+            self.step(f"skipped: the descriptor of {h.path} lost its file before the mount had a copy")
             return None
         return h
 
     def _on_handle(self, h: Handle, what: str, op: Callable[[int], object]) -> bool:
+        self.step(f"{what} on a descriptor of {h.path} (file #{h.file})")
         expected = outcome(lambda: op(h.model_fd))
         actual = outcome(lambda: op(h.mount_fd))
         assert actual == expected, (
@@ -742,7 +781,7 @@ class OpenFilesModel(MountModel):
 
     def other_put(self, path: str, data: bytes) -> bool:
         if self._live(path):
-            note(f"skipped other_put {path}: open here")
+            self.step(f"skipped other_put {path}: open here")
             return False
         return super().other_put(path, data)
 
@@ -750,7 +789,7 @@ class OpenFilesModel(MountModel):
         live = self._live(path)
         if any(h.staged for h in live):
             # The mount uploads its copy on close, bringing the file back: last writer wins.
-            note(f"skipped other_delete {path}: open here with local data")
+            self.step(f"skipped other_delete {path}: open here with local data")
             return
         super().other_delete(path)
         for h in live:

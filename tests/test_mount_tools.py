@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from mounts import Mount, MountFactory
+from mounts import Mount, MountFactory, s3_config
 
 from drivers.base import Driver
 from drivers.local import LocalDriver
@@ -71,13 +71,7 @@ def make_s3(tmp_path: Path, mount_factory: MountFactory, s3_options: dict[str, o
     bucket = f"m-{uuid.uuid4().hex[:10]}"
     driver = S3Driver(S3Driver.Options(**s3_options))  # type: ignore[arg-type]
     driver.create_container(bucket)
-    config = tmp_path / "config.yaml"
-    lines = ["backends:", "  - name: s3test", "    driver: s3", "    config:"]
-    lines += [
-        f"      {k}: {v!r}" if isinstance(v, str) else f"      {k}: {str(v).lower()}"
-        for k, v in s3_options.items()
-    ]
-    config.write_text("\n".join(lines) + "\n")
+    config = s3_config(tmp_path / "config.yaml", "s3test", s3_options)
     m = mount_factory(
         "s3test",
         "--config",

@@ -429,6 +429,24 @@ def test_directory_wins_over_file(world: World) -> None:
     run(main)
 
 
+def test_a_new_file_not_yet_stored_wins_over_a_listed_directory(world: World) -> None:
+    """Lookup and listing agree on a file created here while the store lists a prefix of its name
+    (another client's, or an emptied folder a store keeps listing): the user's new file shows."""
+
+    async def main() -> None:
+        await world.mkdir("/b")
+        info, _ = await world.ops.create(await world.ino("/b"), b"a", 0o100644, os.O_WRONLY, CTX)
+        await world.ops.write(info.fh, 0, b"mine")
+        world.driver.put("b", "a/inside", io.BytesIO(b"x"))
+        attr = await world.ops.getattr(await world.ino("/b/a"), CTX)
+        assert stat.S_ISREG(attr.st_mode)
+        entries, _ = await world.ns.list_page(world.ns.get(await world.ino("/b")), None)
+        assert [(name, e.kind.value, e.size) for name, e in entries] == [("a", "file", 4)]
+        await world.ops.release(info.fh)
+
+    run(main)
+
+
 def test_listings_without_metadata_use_the_attribute_index(tmp_path: Path) -> None:
     driver = ListsLikeS3()
     world = World(tmp_path, driver)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mounts import VAULTFS, Mount, MountFactory, is_mounted
+from mounts import VAULTFS, Mount, MountFactory, is_mounted, s3_config
 from s3server import SeaweedServer
 
 from drivers.base import Driver
@@ -62,13 +62,7 @@ def s3_site(tmp_path: Path, mount_factory: MountFactory, s3_options: dict[str, A
     bucket = f"wb-{uuid.uuid4().hex[:10]}"
     driver = S3Driver(S3Driver.Options(**s3_options))
     driver.create_container(bucket)
-    config = tmp_path / "config.yaml"
-    lines = ["backends:", "  - name: wbtest", "    driver: s3", "    config:"]
-    lines += [
-        f"      {k}: {v!r}" if isinstance(v, str) else f"      {k}: {str(v).lower()}"
-        for k, v in s3_options.items()
-    ]
-    config.write_text("\n".join(lines) + "\n")
+    config = s3_config(tmp_path / "config.yaml", "wbtest", s3_options)
 
     def start(name: str) -> Mount:
         args = ["--config", str(config), "--cache-dir", str(tmp_path / "cache"), *LISTEN]

@@ -509,7 +509,9 @@ class Namespace:
                 if "/" in name:
                     out.setdefault(name.split("/", 1)[0], Entry(Kind.DIR))  # kept alive by the new file
                 else:
-                    out.setdefault(name, Entry(new.kind, new.size, new.mtime_ns / 1e9, new.etag, new.meta))
+                    # The user's newest word on the name, as in lookup, even over a listed
+                    # prefix (another client's, or an emptied folder a store keeps listing).
+                    out[name] = Entry(new.kind, new.size, new.mtime_ns / 1e9, new.etag, new.meta)
         for name, entry in out.items():
             self._complete_from_memory(node, name, entry)
             self._apply_index(known, name, entry)
