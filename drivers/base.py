@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from typing import IO, Any, ClassVar
@@ -139,6 +140,29 @@ class Driver(ABC):
         stream that ends before ``size`` bytes is an error and the previous
         artifact, if any, is kept.  A missing container raises ``NotFound``.
         """
+
+    def put_file(
+        self,
+        container: str,
+        artifact: str,
+        path: str | os.PathLike[str],
+        metadata: Mapping[str, str] | None = None,
+        *,
+        adopt: bool = False,
+    ) -> ArtifactInfo:
+        """Store the local file at ``path`` as the artifact, as :meth:`put` stores a stream.
+
+        The file must not change while this runs.  ``adopt=True`` promises more:
+        the caller never writes the file again (it may read and unlink it), so
+        the driver may make the file itself part of the stored artifact instead
+        of copying its bytes (the ``local`` driver hard-links it when the file
+        is on the same file system), and may change the file's mode and
+        extended attributes.  The default streams the file through :meth:`put`;
+        drivers that can do better override it.
+        """
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            return self.put(container, artifact, f, size=size, metadata=metadata)
 
     @abstractmethod
     def delete(self, container: str, artifact: str) -> None:

@@ -34,6 +34,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import functools
 import io
 import logging
 import os
@@ -73,6 +74,9 @@ _CHUNK = 1 << 20
 _COPY_RANGE_CHUNK = 1 << 26
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Why a hard link of an adopted file can fail where a copy would work: another file system, a
+# file system without hard links (or a protected_hardlinks refusal), too many links.
+_NO_LINK = NOT_SUPPORTED | {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOSYS}
 # An alias, because ``list`` inside the class body names the method.
 _Names = list[str]
 
@@ -87,6 +91,23 @@ class LocalOptions:
 
     root: str
     fsync: bool = True
+
+
+class _NotLinked(Exception):
+    """A hard link named another file than the one opened."""
+
+
+def _creation_mode() -> int:
+    """The mode ``os.open(path, O_CREAT, 0o666)`` gives a new file in this process: 0o666 less the umask."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    # Without /proc (or before Linux 4.7): the usual umask.
+    return 0o644
 
 
 class _Target(NamedTuple):
@@ -114,6 +135,7 @@ class LocalDriver(Driver):
         self.options = options
         self._root = os.path.abspath(os.path.expanduser(options.root))
         self._fsync = options.fsync
+        self._file_mode = _creation_mode()
         # Serialises creating, marking and pruning directories, so a prune never removes a
         # directory another thread has just created a temp file in or marked.
         self._tree_lock = threading.Lock()
@@ -320,6 +342,35 @@ class LocalDriver(Driver):
             return self._put_marker(t, stream, size, meta)
         return self._put_file(t, meta, lambda fd: self._fill_from_stream(fd, stream, size, t))
 
+    def put_file(
+        self,
+        container: str,
+        artifact: str,
+        path: str | os.PathLike[str],
+        metadata: Mapping[str, str] | None = None,
+        *,
+        adopt: bool = False,
+    ) -> ArtifactInfo:
+        """Copy the file in the kernel; with ``adopt``, hard-link it instead where the file system allows.
+
+        An adopted file becomes the stored artifact's inode (its mode and the
+        metadata attribute are set on it), so it is written to the disk once,
+        and the fsync the put needs anyway is its only cost.
+        """
+        if artifact.endswith("/"):
+            return super().put_file(container, artifact, path, metadata)
+        meta = check_metadata(metadata)
+        t = self._locate(container, artifact)
+        self._count()
+        # An error opening the caller's file is the caller's, as from a stream: not mapped.
+        src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            size = os.fstat(src).st_size
+            fill = functools.partial(self._fill_from_fd, src, size=size, t=t)
+            return self._put_file(t, meta, fill, adopt=(path, src) if adopt else None)
+        finally:
+            os.close(src)
+
     def _fill_from_stream(self, fd: int, stream: IO[bytes], size: int | None, t: _Target) -> int:
         total = 0
         while size is None or total < size:
@@ -336,7 +387,7 @@ class LocalDriver(Driver):
             raise DriverError(f"{t.label}: the stream ended after {total} of {size} bytes")
         return total
 
-    def _fill_from_fd(self, src: int, dst: int, size: int, t: _Target) -> int:
+    def _fill_from_fd(self, src: int, dst: int, *, size: int, t: _Target) -> int:
         total = 0
         with mapped(t.label):
             try:
@@ -359,7 +410,15 @@ class LocalDriver(Driver):
             raise DriverError(f"{t.label}: the source shrank while it was copied")
         return total
 
-    def _put_file(self, t: _Target, meta: dict[str, str], fill: Callable[[int], int]) -> ArtifactInfo:
+    def _put_file(
+        self,
+        t: _Target,
+        meta: dict[str, str],
+        fill: Callable[[int], int],
+        adopt: tuple[str | os.PathLike[str], int] | None = None,
+    ) -> ArtifactInfo:
+        """Store through a temp sibling: filled by ``fill(fd)``, or ``adopt`` (a path, and the file
+        opened from it) linked there."""
         if os.path.isdir(t.real):
             raise AlreadyExists(f"{t.label}: a directory of that name exists")
         parent = os.path.dirname(t.real)
@@ -371,12 +430,22 @@ class LocalDriver(Driver):
                 self._make_dirs(t, parent, created)
                 tmp = os.path.join(parent, TEMP_PREFIX + secrets.token_hex(8))
                 with mapped(t.label):
-                    fd = os.open(tmp, _CREATE_FLAGS, 0o666)
-                    # Held until the rename: a temp file nobody holds locked is a crashed put's.
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    if adopt is not None:
+                        fd = self._link_temp(*adopt, tmp)
+                    linked = fd >= 0
+                    if not linked:
+                        fd = os.open(tmp, _CREATE_FLAGS, 0o666)
+                        # Held until the rename: a temp file nobody holds locked is a crashed put's.
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             with mapped(t.label):
                 self._sync_created(created)
-            written = fill(fd)
+            if linked:
+                with mapped(t.label):
+                    written = os.fstat(fd).st_size
+                    # As if this put had created the file (the caller's may be private).
+                    os.fchmod(fd, self._file_mode)
+            else:
+                written = fill(fd)
             with mapped(t.label):
                 version = self._set_record(fd, meta, secrets.token_hex(8))
                 if self._fsync:
@@ -388,6 +457,11 @@ class LocalDriver(Driver):
                 raise AlreadyExists(f"{t.label}: a directory of that name exists") from None
             except OSError as exc:
                 raise map_oserror(exc, t.label) from exc
+            if linked:
+                # rename(2) does nothing when both names are links to one inode: the artifact already
+                # was this file (a replayed upload, new metadata), which now has the new attribute.
+                with mapped(t.label), contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
             tmp = None
             with mapped(t.label):
                 fd, closing = -1, fd
@@ -408,6 +482,35 @@ class LocalDriver(Driver):
         self._count(written=written, ops=0)
         log.debug("stored %s (%d bytes)", t.label, written)
         return ArtifactInfo(t.artifact, st.st_size, st.st_mtime, etag(st, version), meta)
+
+    @staticmethod
+    def _link_temp(path: str | os.PathLike[str], src: int, tmp: str) -> int:
+        """Hard-link ``path`` (open as ``src``) as ``tmp``; return it opened and locked, or -1 to copy."""
+        try:
+            os.link(path, tmp, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in _NO_LINK:
+                return -1
+            raise
+        fd = -1
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            linked, opened = os.fstat(fd), os.fstat(src)
+            if (linked.st_dev, linked.st_ino) != (opened.st_dev, opened.st_ino):
+                raise _NotLinked  # the name now holds another file: copy the one that was opened
+            # The lock is the inode's, so it also marks this temp name as a live put's.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except (BlockingIOError, _NotLinked):
+            # BlockingIOError: another put holds this inode, an abandoned attempt of the same upload.
+            os.close(fd)
+            os.unlink(tmp)
+            return -1
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            os.unlink(tmp)
+            raise
+        return fd
 
     def _put_marker(
         self, t: _Target, stream: IO[bytes], size: int | None, meta: dict[str, str]
@@ -509,7 +612,8 @@ class LocalDriver(Driver):
                     metadata = read_record(fd).metadata
             meta = check_metadata(metadata)
             dst = self._locate(dst_container, dst_artifact)
-            return self._put_file(dst, meta, lambda out: self._fill_from_fd(fd, out, st.st_size, dst))
+            fill = functools.partial(self._fill_from_fd, fd, size=st.st_size, t=dst)
+            return self._put_file(dst, meta, fill)
         finally:
             os.close(fd)
 

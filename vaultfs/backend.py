@@ -25,7 +25,7 @@ Each call:
 
 No method takes a caller's stream.  A retry must start from the first byte, so
 every method that sends data owns its source (``put_bytes`` wraps the bytes
-afresh, ``put_file`` reopens the file in each attempt) and every method that
+afresh, ``put_file`` has the driver reopen the file in each attempt) and every method that
 receives data owns its sink's position (``read`` buffers, ``read_into_file``
 rewinds).  Write-back uploads from its staging file; that is the "retry from
 the staging file" rule of the design.
@@ -45,6 +45,7 @@ backend run concurrently up to ``workers``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import itertools
 import logging
@@ -231,19 +232,6 @@ def _copy_to_file(
         finally:
             if owned and out is not None:
                 out.close()
-
-
-def _put_file(
-    driver: Driver,
-    container: str,
-    artifact: str,
-    path: str | os.PathLike[str],
-    metadata: Mapping[str, str] | None,
-) -> ArtifactInfo:
-    # Opened here, in the attempt, so every retry sends the file from its first byte.
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        return driver.put(container, artifact, f, size=size, metadata=metadata)
 
 
 def _put_bytes(
@@ -459,14 +447,25 @@ class Backend:
         artifact: str,
         path: str | os.PathLike[str],
         metadata: Mapping[str, str] | None = None,
+        *,
+        adopt: bool = False,
     ) -> ArtifactInfo:
         """Upload a local file as the artifact, replacing it whole.
 
-        Each attempt reopens ``path`` and sends it from its first byte, so the
-        file must not change until this returns.
+        Each attempt hands ``path`` to the driver's ``put_file``, which opens
+        it afresh and sends it from its first byte, so the file must not change
+        until this returns.  ``adopt=True`` promises that the caller never
+        writes the file again: the driver may keep the file itself as the
+        artifact's data (see :meth:`drivers.base.Driver.put_file`).
         """
         info = await self._run(
-            "put", f"{container}/{artifact}", _put_file, self._driver, container, artifact, path, metadata
+            "put",
+            f"{container}/{artifact}",
+            functools.partial(self._driver.put_file, adopt=adopt),
+            container,
+            artifact,
+            path,
+            metadata,
         )
         self._count_bytes("written", info.size)
         return info

@@ -22,6 +22,7 @@ the only lock here; it is never held while waiting for another file's lock.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -76,7 +77,10 @@ class Files:
         self.backend = backend
         self.reader = reader
         self.staging_dir = staging_dir
-        self.writeback = WriteBack(staging_dir, backend.name, backend.put_file, upload_workers, self._stored)
+        # A handed-over staging file is never written again (a later write copies it first), so
+        # the driver may adopt it as the stored data (the local driver hard-links it) instead of copying.
+        put = functools.partial(backend.put_file, adopt=True)
+        self.writeback = WriteBack(staging_dir, backend.name, put, upload_workers, self._stored)
         self._by_ino: dict[int, OpenFile] = {}
         self._handles: dict[int, OpenFile] = {}
         # The open file whose data each pending upload carries.
