@@ -35,7 +35,7 @@ import trio
 from drivers.base import ArtifactInfo
 from drivers.errors import DriverError
 
-from . import attrs
+from . import attrs, writebehind
 from .backend import Backend
 from .namespace import Entry, Kind, Namespace, Node
 from .reader import Reader, ReadState
@@ -58,6 +58,8 @@ class OpenFile:
     #: A pending upload keeps this object (and one open of its node) alive after the last release.
     pinned: bool = False
     unlinked: bool = False
+    #: The staged bytes before this offset are on their way to the disk (see :mod:`vaultfs.writebehind`).
+    behind: int = 0
     lock: trio.Lock = field(default_factory=trio.Lock)
     reading: ReadState | None = None
 
@@ -139,6 +141,7 @@ class Files:
                 await self._stage(of, load=False)
                 os.ftruncate(of.fd, 0)
                 self._changed(of, 0)
+                of.behind = 0
         keep = of.staged is None and self._kernel_etag.get(node.ino) == node.etag
         self._kernel_etag[node.ino] = node.etag
         return fh, keep
@@ -177,7 +180,7 @@ class Files:
             raise
         if of.sealed:
             os.close(of.fd)  # the sealed file is write-back's to delete
-        of.staged, of.fd, of.sealed = path, fd, False
+        of.staged, of.fd, of.sealed, of.behind = path, fd, False, 0
         of.node.local = True
 
     def _changed(self, of: OpenFile, size: int) -> None:
@@ -205,6 +208,7 @@ class Files:
             await self._stage(of, load=True)
             written = os.pwrite(of.fd, buf, offset)
             self._changed(of, max(of.node.size, offset + written))
+            of.behind = writebehind.advance(of.fd, of.behind, offset + written)
         return written
 
     async def truncate(self, node: Node, size: int) -> None:
@@ -222,6 +226,7 @@ class Files:
             await self._stage(of, load=size > 0)
             os.ftruncate(of.fd, size)
             self._changed(of, size)
+            of.behind = min(of.behind, size)
 
     async def flush(self, fh: int) -> None:
         """Hand the file to write-back if it is dirty (every close(2) lands here)."""
