@@ -25,6 +25,7 @@ import tracemalloc
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import IO
 
 import pytest
@@ -154,6 +155,37 @@ class DriverConformance:
     def test_put_without_size(self, driver: Driver, container: str) -> None:
         driver.put(container, "a", io.BytesIO(b"no size given"))
         assert read_all(driver.get(container, "a")) == b"no size given"
+
+    # -- put_file ---------------------------------------------------------
+    def test_put_file_copies_the_file(self, driver: Driver, container: str, tmp_path: Path) -> None:
+        src = tmp_path / "src"
+        src.write_bytes(b"first" * 1000)
+        info = driver.put_file(container, "f/copied", src, metadata={"mode": "100644"})
+        assert (info.size, dict(info.metadata or {})) == (5000, {"mode": "100644"})
+        src.write_bytes(b"changed later")  # not adopted: the caller may go on using its file
+        assert read_all(driver.get(container, "f/copied")) == b"first" * 1000
+        assert dict(driver.stat(container, "f/copied").metadata or {}) == {"mode": "100644"}
+
+    def test_put_file_adopting_the_file(self, driver: Driver, container: str, tmp_path: Path) -> None:
+        src = tmp_path / "src"
+        data = bytes(PatternStream(MiB + 3, seed=3).read(MiB + 3))
+        src.write_bytes(data)
+        info = driver.put_file(container, "f/adopted", src, metadata={"mode": "100600"}, adopt=True)
+        assert info.size == len(data)
+        # Adopted again (new metadata for the same data, a replayed upload), then unlinked: the
+        # artifact keeps its data and takes the newest metadata, and no other name appears.
+        again = driver.put_file(container, "f/adopted", src, metadata={"mode": "100644"}, adopt=True)
+        assert again.etag
+        src.unlink()
+        assert read_all(driver.get(container, "f/adopted")) == data
+        assert dict(driver.stat(container, "f/adopted").metadata or {}) == {"mode": "100644"}
+        assert [e.name for e in driver.list(container)] == ["f/adopted"]
+
+    def test_put_file_into_missing_container(self, driver: Driver, tmp_path: Path) -> None:
+        src = tmp_path / "src"
+        src.write_bytes(b"x")
+        with pytest.raises(NotFound):
+            driver.put_file(f"missing-{uuid.uuid4().hex[:10]}", "a", src, adopt=True)
 
     def test_unicode_and_odd_names(self, driver: Driver, container: str) -> None:
         names = ["ünïcødé/文件.txt", "with space", "semi;colon", "percent%20", "plus+sign", "tilde~"]

@@ -7,6 +7,7 @@ get wrong.  Listing semantics are checked differentially against the memory driv
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -919,3 +920,83 @@ def test_options() -> None:
     assert opts.fsync is True
     with pytest.raises(AttributeError):
         opts.root = "/elsewhere"  # type: ignore[misc]
+
+
+# -- put_file ----------------------------------------------------------------------
+
+
+def staged(tmp_path: Path, data: bytes) -> Path:
+    """A private file outside the root, as write-back's staging files are."""
+    path = tmp_path / "staged"
+    path.write_bytes(data)
+    path.chmod(0o600)
+    return path
+
+
+def test_an_adopted_file_is_linked_not_copied(driver: LocalDriver, root: Path, tmp_path: Path) -> None:
+    src = staged(tmp_path, b"data" * 1000)
+    info = driver.put_file(C, "dir/doc", src, metadata={"k": "v"}, adopt=True)
+    stored = os.stat(root / C / "dir" / "doc")
+    assert stored.st_ino == os.stat(src).st_ino
+    assert info.etag == driver.stat(C, "dir/doc").etag
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stored.st_mode & 0o777 == 0o666 & ~umask, "the mode a put of a stream gives, not the source's"
+    assert temp_files(root) == []
+    # Adopting the file that already is the artifact only changes its metadata.
+    driver.put_file(C, "dir/doc", src, metadata={"k": "w"}, adopt=True)
+    assert driver.stat(C, "dir/doc").metadata == {"k": "w"}
+    assert temp_files(root) == []
+
+
+def test_a_file_not_adopted_is_copied(driver: LocalDriver, root: Path, tmp_path: Path) -> None:
+    src = staged(tmp_path, b"data" * 1000)
+    driver.put_file(C, "doc", src)
+    assert os.stat(root / C / "doc").st_ino != os.stat(src).st_ino
+    assert read(driver, "doc") == b"data" * 1000
+
+
+@pytest.mark.parametrize("code", [errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP])
+def test_a_file_that_cannot_be_linked_is_copied(
+    driver: LocalDriver, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    src = staged(tmp_path, b"elsewhere" * 100)
+
+    def no_link(*args: Any, **kwargs: Any) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "link", no_link)
+    driver.put_file(C, "doc", src, metadata={"k": "v"}, adopt=True)
+    assert os.stat(root / C / "doc").st_ino != os.stat(src).st_ino
+    assert read(driver, "doc") == b"elsewhere" * 100
+    assert driver.stat(C, "doc").metadata == {"k": "v"}
+    assert temp_files(root) == []
+
+
+def test_a_file_another_put_holds_is_copied(driver: LocalDriver, root: Path, tmp_path: Path) -> None:
+    # An abandoned attempt of the same upload still holds the lock on the file's inode.
+    src = staged(tmp_path, b"busy" * 100)
+    with open(src, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        driver.put_file(C, "doc", src, adopt=True)
+    assert os.stat(root / C / "doc").st_ino != os.stat(src).st_ino
+    assert read(driver, "doc") == b"busy" * 100
+    assert temp_files(root) == []
+
+
+def test_a_failed_adopting_put_keeps_the_old_artifact_and_the_file(
+    driver: LocalDriver, root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put(driver, "doc", b"old")
+    src = staged(tmp_path, b"new")
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(Unavailable):
+        driver.put_file(C, "doc", src, adopt=True)
+    monkeypatch.undo()
+    assert read(driver, "doc") == b"old"
+    assert temp_files(root) == []
+    assert src.read_bytes() == b"new" and os.stat(src).st_nlink == 1

@@ -19,6 +19,7 @@ import trio
 
 from drivers import errors
 from drivers.base import ArtifactInfo, Prefix
+from drivers.local import LocalDriver, LocalOptions
 from drivers.memory import MemoryDriver
 from vaultfs import attrs
 from vaultfs.attrindex import INDEX_NAME, AttrIndex
@@ -27,6 +28,7 @@ from vaultfs.files import Files
 from vaultfs.fs import ERRNO, FsOptions, Operations, errno_of
 from vaultfs.namespace import ROOT_INODE, Namespace
 from vaultfs.reader import Reader
+from vaultfs.writebehind import WINDOW
 
 CTX = pyfuse3.RequestContext()
 
@@ -372,6 +374,56 @@ def test_failed_upload_keeps_the_data_and_fsync_reports_it(tmp_path: Path) -> No
         assert gauge("vaultfs_writeback_pending") == 0
         assert world.stored("b", "f") == b"precious"
         assert list(world.staging.iterdir()) == []
+
+    run(main)
+
+
+def test_the_local_driver_keeps_the_staged_file_and_later_writes_do_not_reach_it(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    world = World(tmp_path, LocalDriver(LocalOptions(root=str(root))))  # type: ignore[arg-type]
+
+    async def main() -> None:
+        await world.mkdir("/b")
+        info, _ = await world.ops.create(await world.ino("/b"), b"f", 0o100644, os.O_WRONLY, CTX)
+        await world.ops.write(info.fh, 0, b"version 1")
+        staged_ino = os.fstat(world.files.handle(info.fh).fd).st_ino
+        await world.ops.flush(info.fh)
+        await world.settle()
+        assert os.stat(root / "b" / "f").st_ino == staged_ino  # linked, not copied
+        # The stored file is the handed-over staging file: writing on must copy it first.
+        await world.ops.write(info.fh, 0, b"VERSION")
+        attr = pyfuse3.EntryAttributes()
+        attr.st_size = 3
+        await world.ops.setattr(await world.ino("/b/f"), attr, setattr_fields(update_size=True), info.fh, CTX)
+        assert world.stored("b", "f") == b"version 1"
+        await world.ops.flush(info.fh)
+        await world.ops.release(info.fh)
+        await world.settle()
+        assert world.stored("b", "f") == b"VER"
+        assert list(world.staging.iterdir()) == []
+
+    run(main)
+
+
+def test_write_behind_follows_the_staged_file(world: World) -> None:
+    async def main() -> None:
+        await world.mkdir("/b")
+        info, _ = await world.ops.create(await world.ino("/b"), b"f", 0o100644, os.O_WRONLY, CTX)
+        of = world.files.handle(info.fh)
+        block = b"x" * (1 << 20)
+        for i in range(WINDOW // len(block) + 1):
+            await world.ops.write(info.fh, i * len(block), block)
+        assert of.behind == WINDOW
+        attr = pyfuse3.EntryAttributes()
+        attr.st_size = 10
+        await world.ops.setattr(await world.ino("/b/f"), attr, setattr_fields(update_size=True), info.fh, CTX)
+        assert of.behind == 10
+        await world.ops.flush(info.fh)
+        await world.ops.write(info.fh, 0, block)  # the handed-over file is copied: a new file
+        assert of.behind == 0
+        await world.ops.release(info.fh)
+        await world.settle()
 
     run(main)
 
