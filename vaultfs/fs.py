@@ -109,9 +109,8 @@ def operation(fn: F) -> F:
             log.exception("%s failed unexpectedly", name)
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
-            labels = (self.backend.name, name)
-            metrics.FUSE_OPERATIONS.labels(*labels, outcome).inc()
-            metrics.FUSE_OPERATION_DURATION.labels(*labels).observe(time.perf_counter() - start)
+            metrics.fuse_operation(self.backend.name, name, outcome).inc()
+            metrics.fuse_duration(self.backend.name, name).observe(time.perf_counter() - start)
 
     return wrapper  # type: ignore[return-value]
 
@@ -153,6 +152,7 @@ class Operations(pyfuse3.Operations):
         self._next_dir = 1
         self._read_ahead_pending = options.mountpoint is not None
         self.initialized = trio.Event()
+        self._bytes_written = metrics.BYTES_WRITTEN.labels(backend.name)
 
     def init(self) -> None:
         self.initialized.set()
@@ -446,7 +446,7 @@ class Operations(pyfuse3.Operations):
     @operation
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         n = await self.files.write(fh, off, buf)
-        metrics.BYTES_WRITTEN.labels(self.backend.name).inc(n)
+        self._bytes_written.inc(n)
         return n
 
     @operation

@@ -23,10 +23,12 @@ for one family is rejected by Prometheus.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import trio
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
@@ -95,6 +97,20 @@ FUSE_OPERATION_DURATION = Histogram(
     ["backend", "operation"],
     buckets=LATENCY_BUCKETS,
 )
+
+
+@functools.cache
+def fuse_operation(backend: str, operation: str, outcome: str) -> Any:
+    """The ``vaultfs_fuse_operations_total`` child of these labels (looked up once, not per request)."""
+    return FUSE_OPERATIONS.labels(backend, operation, outcome)
+
+
+@functools.cache
+def fuse_duration(backend: str, operation: str) -> Any:
+    """The ``vaultfs_fuse_operation_duration_seconds`` child of these labels (looked up once)."""
+    return FUSE_OPERATION_DURATION.labels(backend, operation)
+
+
 OPEN_FILES = Gauge("vaultfs_open_files", "File handles open on the mount.", ["backend"])
 INODES = Gauge("vaultfs_inodes", "Inodes the mount currently knows.", ["backend"])
 BYTES_READ = Counter("vaultfs_bytes_read_total", "Bytes returned to applications by read.", ["backend"])
