@@ -157,8 +157,10 @@ class Driver(ABC):
         the driver may make the file itself part of the stored artifact instead
         of copying its bytes (the ``local`` driver hard-links it when the file
         is on the same file system), and may change the file's mode and
-        extended attributes.  The default streams the file through :meth:`put`;
-        drivers that can do better override it.
+        extended attributes.  An adopting put that fails with anything but
+        ``Unavailable`` leaves the file out of the store, so that the caller may
+        take it back for writing.  The default streams the file through
+        :meth:`put`; drivers that can do better override it.
         """
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size

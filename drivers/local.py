@@ -66,7 +66,7 @@ from ._localfs import (
 )
 from ._locallisting import walk_level, walk_tree
 from .base import ArtifactInfo, Driver, Prefix, check_metadata, split_listing
-from .errors import AccessDenied, AlreadyExists, DriverError, InvalidName, NotEmpty, NotFound
+from .errors import AccessDenied, AlreadyExists, DriverError, InvalidName, NotEmpty, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -457,17 +457,24 @@ class LocalDriver(Driver):
                 raise AlreadyExists(f"{t.label}: a directory of that name exists") from None
             except OSError as exc:
                 raise map_oserror(exc, t.label) from exc
-            if linked:
-                # rename(2) does nothing when both names are links to one inode: the artifact already
-                # was this file (a replayed upload, new metadata), which now has the new attribute.
-                with mapped(t.label), contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-            tmp = None
-            with mapped(t.label):
-                fd, closing = -1, fd
-                os.close(closing)
-                if self._fsync:
-                    self._sync_dir(parent)
+            renamed, tmp = tmp, None
+            try:
+                with mapped(t.label):
+                    if linked:
+                        # rename(2) does nothing when both names are links to one inode: the artifact
+                        # already was this file (a replayed upload, new metadata), now with the new attribute.
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(renamed)
+                    fd, closing = -1, fd
+                    os.close(closing)
+                    if self._fsync:
+                        self._sync_dir(parent)
+            except DriverError as exc:
+                if linked and not isinstance(exc, Unavailable):
+                    # The adopted file is the artifact now: not a refusal after which the caller could
+                    # take its file back for writing. Only the sync is missing, which a retry completes.
+                    raise Unavailable(f"{exc} (stored, but not yet synced)") from exc
+                raise
         except BaseException:
             if fd >= 0:
                 with contextlib.suppress(OSError):

@@ -925,9 +925,9 @@ def test_options() -> None:
 # -- put_file ----------------------------------------------------------------------
 
 
-def staged(tmp_path: Path, data: bytes) -> Path:
+def staged(tmp_path: Path, data: bytes, name: str = "staged") -> Path:
     """A private file outside the root, as write-back's staging files are."""
-    path = tmp_path / "staged"
+    path = tmp_path / name
     path.write_bytes(data)
     path.chmod(0o600)
     return path
@@ -1000,3 +1000,20 @@ def test_a_failed_adopting_put_keeps_the_old_artifact_and_the_file(
     assert read(driver, "doc") == b"old"
     assert temp_files(root) == []
     assert src.read_bytes() == b"new" and os.stat(src).st_nlink == 1
+
+
+def test_an_adopted_file_stored_but_not_synced_is_not_a_refusal(
+    driver: LocalDriver, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Once renamed into place the file is the artifact: the caller must not take it back for
+    # writing, so a failed directory sync is transient (retried), never a refusal.
+    def no_sync(path: str) -> None:
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(driver, "_sync_dir", no_sync)
+    with pytest.raises(Unavailable, match="not yet synced"):
+        driver.put_file(C, "doc", staged(tmp_path, b"linked"), adopt=True)
+    with pytest.raises(AccessDenied):
+        driver.put_file(C, "other", staged(tmp_path, b"copied", "another"))
+    monkeypatch.undo()
+    assert read(driver, "doc") == b"linked"
