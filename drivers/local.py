@@ -17,6 +17,11 @@ directory made by ``put("a/b/")`` is *marked* (it carries the attribute) and is
 listed as the marker ``a/b/`` even when not empty; directories created only to
 hold a file are implicit and are removed again when a delete leaves them empty.
 
+A put of a file the caller hands over (``put_file(adopt=True)``: write-back's
+staging files) hard-links that file as the temporary sibling instead of copying
+it, when it is on the same file system; the mode, attribute, lock, fsync and
+rename then follow as for a copy, and the artifact keeps the file's inode.
+
 A put holds an exclusive ``flock`` on its temporary file until the rename, so
 removing a directory can tell a crashed put's leftover (removed) from a live one
 (the directory is reported not empty), across processes too.
