@@ -16,6 +16,7 @@ Attributes, listings and negative lookups are cached for ``attr_ttl`` and
 
 from __future__ import annotations
 
+import collections
 import enum
 import functools
 import hashlib
@@ -103,6 +104,16 @@ class Node:
         return self.key + name + ("/" if kind is Kind.DIR else "")
 
 
+def _prefixes(key: str) -> list[str]:
+    """The directory prefixes above artifact ``key``: ``"a/b/c"`` gives ``"", "a/", "a/b/"``."""
+    out = [""]
+    at = key.find("/")
+    while at >= 0:
+        out.append(key[: at + 1])
+        at = key.find("/", at + 1)
+    return out
+
+
 def _valid_segment(name: str) -> bool:
     return name not in ("", ".", "..") and "/" not in name and "\x00" not in name
 
@@ -125,6 +136,9 @@ class Namespace:
         self.dir_ttl = dir_ttl
         self.started = time.time()
         self._unflushed: dict[tuple[str, str], Node] = {}
+        # How many unflushed files each directory prefix (``""``, ``"a/"``, ``"a/b/"``) holds, so a
+        # lookup of a new name (every create) asks in O(1) instead of scanning every unflushed file.
+        self._unflushed_below: collections.Counter[tuple[str, str]] = collections.Counter()
         self._loading: dict[int, trio.Event] = {}
         self._nodes: dict[int, Node] = {}
         self._by_path: dict[tuple[str, str], int] = {}
@@ -247,16 +261,31 @@ class Namespace:
         path = (node.container, node.key.rstrip("/"))
         if self._by_path.get(path) == node.ino:
             del self._by_path[path]
-        self._unflushed.pop(path, None)
+        self._drop_unflushed(path)
 
     def add_unflushed(self, node: Node) -> None:
         """A file created here that no upload has stored yet: listings must still show it."""
-        self._unflushed[(node.container, node.key)] = node
+        self._add_unflushed((node.container, node.key), node)
 
     def remove_unflushed(self, node: Node) -> None:
         """The file is stored (or gone): listings find it, or not, in the backend again."""
         if self._unflushed.get((node.container, node.key)) is node:
-            del self._unflushed[(node.container, node.key)]
+            self._drop_unflushed((node.container, node.key))
+
+    def _add_unflushed(self, path: tuple[str, str], node: Node) -> None:
+        if path not in self._unflushed:
+            for prefix in _prefixes(path[1]):
+                self._unflushed_below[(path[0], prefix)] += 1
+        self._unflushed[path] = node
+
+    def _drop_unflushed(self, path: tuple[str, str]) -> None:
+        if self._unflushed.pop(path, None) is None:
+            return
+        for prefix in _prefixes(path[1]):
+            below = (path[0], prefix)
+            self._unflushed_below[below] -= 1
+            if self._unflushed_below[below] <= 0:
+                del self._unflushed_below[below]
 
     def moved(self, node: Node, container: str, key: str) -> None:
         """Re-home a node after a rename so its inode number follows the file."""
@@ -268,7 +297,7 @@ class Namespace:
         node.container, node.key = container, key
         self._by_path[(container, key.rstrip("/"))] = node.ino
         if unflushed:
-            self._unflushed[(container, key)] = node
+            self._add_unflushed((container, key), node)
 
     def find(self, container: str, key: str) -> Node | None:
         """The node the kernel knows for (container, key), if any."""
@@ -355,7 +384,8 @@ class Namespace:
             done.set()
 
     def _holds_unflushed(self, container: str, prefix: str) -> bool:
-        return any(c == container and key.startswith(prefix) for c, key in self._unflushed)
+        """Whether directory ``prefix`` (ending in ``/``, or ``""``) holds an unflushed file."""
+        return (container, prefix) in self._unflushed_below
 
     async def _lookup_stored(self, parent: Node, name: str, now: float) -> Node:
         if parent.negative.get(name, 0) > now:
