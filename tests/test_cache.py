@@ -138,6 +138,31 @@ def test_second_read_is_served_without_driver_calls(tmp_path: Path) -> None:
     assert cache.stats.hits == 6
 
 
+class ReadsNoFile(BlockCache):
+    """A cache that fails the test if a read looks for a block file the index does not list."""
+
+    def get(self, key: BlockKey) -> Any:
+        assert self.may_hold(key), f"looked on disk for block {key.index}, which the index does not list"
+        return super().get(key)
+
+
+def test_a_cold_read_does_not_look_on_disk_for_blocks_the_index_lacks(tmp_path: Path) -> None:
+    driver = CountingDriver()
+    data = os.urandom(3 * BS)
+    state = stored(driver, data)
+    cache = ReadsNoFile(tmp_path, budget=100 * BS)
+
+    async def cold_then_warm(reader: Reader) -> None:
+        assert await reader.read(state, 0, 100) == data[:100]  # a small read: a ranged get
+        assert await reader.read(state, 2 * BS, BS) == data[2 * BS :]  # a block: fetched and kept
+        reader._memory.clear()
+        assert await reader.read(state, 2 * BS, BS) == data[2 * BS :]  # from disk now
+
+    run_reader(driver, cache, cold_then_warm)
+    assert len(driver.gets) == 2
+    assert cache.stats.hits == 1 and cache.stats.misses == 2
+
+
 def test_concurrent_misses_of_one_block_share_one_get(tmp_path: Path) -> None:
     driver = CountingDriver()
     driver.delay = 0.05

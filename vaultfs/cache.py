@@ -169,6 +169,20 @@ class BlockCache:
                 self.stats.blocks -= 1
 
     # -- the interface ---------------------------------------------------
+    def may_hold(self, key: BlockKey) -> bool:
+        """Whether the index lists the block: False is a sure miss, True needs :meth:`get`.
+
+        Touches no file and takes no lock (eviction unlinks files under it), so
+        the trio loop may ask: a cold read then skips a worker thread that would
+        only find nothing.  A block inserted or evicted meanwhile at worst costs
+        a fetch from the backend, or a ``get`` that misses.  A sure miss counts
+        as one.
+        """
+        if key.file_name() in self._index:
+            return True
+        self.stats.misses += 1
+        return False
+
     def get(self, key: BlockKey) -> memoryview | None:
         """The block's bytes, or ``None`` on a miss (including a corrupt, foreign or stale file)."""
         name = key.file_name()

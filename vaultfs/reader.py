@@ -181,7 +181,7 @@ class Reader:
         key = self._key(state, index)
         if key in self._memory or key in self._inflight:
             return None
-        if self.cache is not None:
+        if self.cache is not None and self.cache.may_hold(key):
             cached = await trio.to_thread.run_sync(self.cache.get, key)
             if cached is not None:
                 metrics.CACHE_HITS.labels(self.backend.name).inc()
@@ -317,7 +317,7 @@ class Reader:
             done.set()
 
     async def _load(self, key: BlockKey, size: int) -> bytearray | memoryview:
-        if self.cache is not None:
+        if self.cache is not None and self.cache.may_hold(key):
             cached = await trio.to_thread.run_sync(self.cache.get, key)
             if cached is not None:
                 metrics.CACHE_HITS.labels(self.backend.name).inc()
