@@ -14,6 +14,8 @@ import builtins
 import collections
 import contextlib
 import dataclasses
+import datetime
+import email.utils
 import io
 import logging
 import os
@@ -25,11 +27,12 @@ from typing import IO, Any, ClassVar, cast
 
 import boto3
 import botocore.exceptions as bce
+import botocore.session
 import urllib3.exceptions
 from boto3.s3.transfer import TransferConfig, create_transfer_manager
 from botocore import xform_name
 from botocore.config import Config
-from botocore.utils import determine_content_length
+from botocore.utils import determine_content_length, parse_timestamp
 
 from .base import MAX_NAME_BYTES, ArtifactInfo, Driver, Prefix, check_artifact_name, check_metadata
 from .errors import (
@@ -146,6 +149,23 @@ def _no_continue_for_small_puts(params: dict[str, Any], model: Any = None, **kwa
     size = determine_content_length(params.get("body"))
     if size is not None and size <= SMALL_PUT:
         del headers["Expect"]
+
+
+def _timestamp(value: Any) -> datetime.datetime:
+    """Parse a time in an S3 answer: the two forms S3 uses directly, anything else as botocore does.
+
+    botocore's own parser (dateutil's) takes about 50 µs a value: a Last-Modified
+    header on every GET and HEAD, and 50 ms for a page of 1,000 listed keys.
+    """
+    if isinstance(value, str):
+        try:
+            if value.endswith("Z"):
+                return datetime.datetime.fromisoformat(value)  # XML bodies: 2026-01-02T03:04:05.000Z
+            if value.endswith(" GMT"):
+                return email.utils.parsedate_to_datetime(value)  # headers: Fri, 02 Jan 2026 03:04:05 GMT
+        except (ValueError, TypeError, IndexError):
+            pass
+    return cast(datetime.datetime, parse_timestamp(value))
 
 
 def _etag(value: str) -> str:
@@ -361,8 +381,11 @@ class S3Driver(Driver):
 
     @staticmethod
     def _make_client(o: S3Options) -> Any:
+        core = botocore.session.get_session()
+        core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_timestamp)
         try:
             session = boto3.session.Session(
+                botocore_session=core,
                 aws_access_key_id=o.access_key,
                 aws_secret_access_key=o.secret_key,
                 aws_session_token=o.session_token,
