@@ -524,7 +524,9 @@ def test_read_blocks_fills_the_callers_buffers() -> None:
 
     blocks = trio.run(main)
     assert [bytes(b) for b in blocks] == [b"x" * 10, b"x" * 10, b"x" * 5]
-    assert all(b is g for b, g in zip(blocks, given, strict=True))
+    # Whole blocks fill the caller's buffers; the short last one (a small file) one of its size.
+    assert all(b is g for b, g in zip(blocks[:2], given, strict=True))
+    assert len(given) == 2
 
 
 def test_read_of_missing_artifact_raises_not_found() -> None:

@@ -160,8 +160,10 @@ def _read_blocks(
     try:
         remaining = length
         while remaining > 0:
-            block = new_block()
             want = min(block_size, remaining)
+            # A whole block into a reusable buffer; the short tail (all of a small file) into one
+            # of its own size, not a block-sized one allocated and then cut down for a few KiB.
+            block = new_block() if want == block_size else bytearray(want)
             got = 0
             with memoryview(block) as view:
                 while got < want:
@@ -377,8 +379,9 @@ class Backend:
         Like :meth:`read`, fewer bytes only at the artifact's end (the last block
         is then short, and none follow).  The driver's stream fills each block
         in place: no joining or splitting copies.  ``new_block`` supplies the
-        buffers (``block_size`` bytes each; called in the worker thread, so it
-        must be thread-safe), which lets the caller reuse memory; buffers taken
+        buffers of whole blocks (``block_size`` bytes each; called in the worker
+        thread, so it must be thread-safe), which lets the caller reuse memory; a
+        range ending in a shorter block gets a buffer of that size; buffers taken
         by a failed or abandoned attempt are never returned, since an abandoned
         attempt may still be writing into them.  ``arrived(i, block)`` is called
         in the worker thread as each block is complete (the driver no longer
