@@ -605,7 +605,13 @@ class MountModel(RuleBasedStateMachine):
         for p in may_linger:
             if expected.get(p) == "ENOENT" and found.get(p) == "dir" and self._holds_only(p, may_linger):
                 found[p] = "ENOENT"  # lingering, as above
+                lingering.add(p)
         assert found == expected
+        # The mount shows these (empty, unmarked) directories, so the next steps (a mkdir in one)
+        # act on them; the model follows, and drops them again once they vanish.
+        for p in sorted(lingering):
+            self.step(f"empty directory {p} lingers on the mount")
+            (self.model / p).mkdir(parents=True, exist_ok=True)
 
 
 # -- descriptors that stay open across steps ---------------------------------------------
