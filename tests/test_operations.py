@@ -121,6 +121,12 @@ class World:
         await self.ops.release(info.fh)
         return out
 
+    async def truncate(self, path: str, size: int, fh: int | None = None) -> None:
+        """``truncate(2)`` of ``path``, or ``ftruncate(2)`` through ``fh``: a SETATTR of the size."""
+        attr = pyfuse3.EntryAttributes()
+        attr.st_size = size
+        await self.ops.setattr(await self.ino(path), attr, setattr_fields(update_size=True), fh, CTX)
+
     async def mkdir(self, path: str) -> None:
         parent, _, name = path.rpartition("/")
         await self.ops.mkdir(await self.ino(parent), name.encode(), 0o755, CTX)
@@ -219,11 +225,7 @@ def test_truncate_without_open_file(world: World) -> None:
     async def main() -> None:
         await world.mkdir("/b")
         await world.write_file("/b/f", b"0123456789")
-        ino = await world.ino("/b/f")
-        fields = setattr_fields(update_size=True)
-        attr = pyfuse3.EntryAttributes()
-        attr.st_size = 4
-        await world.ops.setattr(ino, attr, fields, None, CTX)
+        await world.truncate("/b/f", 4)
         await world.settle()
         assert world.stored("b", "f") == b"0123"
 
@@ -393,9 +395,7 @@ def test_the_local_driver_keeps_the_staged_file_and_later_writes_do_not_reach_it
         assert os.stat(root / "b" / "f").st_ino == staged_ino  # linked, not copied
         # The stored file is the handed-over staging file: writing on must copy it first.
         await world.ops.write(info.fh, 0, b"VERSION")
-        attr = pyfuse3.EntryAttributes()
-        attr.st_size = 3
-        await world.ops.setattr(await world.ino("/b/f"), attr, setattr_fields(update_size=True), info.fh, CTX)
+        await world.truncate("/b/f", 3, info.fh)
         assert world.stored("b", "f") == b"version 1"
         await world.ops.flush(info.fh)
         await world.ops.release(info.fh)
@@ -415,9 +415,7 @@ def test_write_behind_follows_the_staged_file(world: World) -> None:
         for i in range(WINDOW // len(block) + 1):
             await world.ops.write(info.fh, i * len(block), block)
         assert of.behind == WINDOW
-        attr = pyfuse3.EntryAttributes()
-        attr.st_size = 10
-        await world.ops.setattr(await world.ino("/b/f"), attr, setattr_fields(update_size=True), info.fh, CTX)
+        await world.truncate("/b/f", 10, info.fh)
         assert of.behind == 10
         await world.ops.flush(info.fh)
         await world.ops.write(info.fh, 0, block)  # the handed-over file is copied: a new file
