@@ -13,7 +13,7 @@ import trio
 
 from drivers.memory import MemoryDriver
 from vaultfs.backend import Backend
-from vaultfs.cache import BlockCache, BlockKey
+from vaultfs.cache import ALIGN, BlockCache, BlockKey
 from vaultfs.reader import Reader, ReadState
 
 BS = 64 * 1024
@@ -55,7 +55,7 @@ def test_other_version_or_artifact_is_a_miss(tmp_path: Path) -> None:
 
 
 def test_lru_eviction_keeps_the_budget(tmp_path: Path) -> None:
-    cache = BlockCache(tmp_path, budget=3 * (BS + 200))
+    cache = BlockCache(tmp_path, budget=3 * (BS + ALIGN))
     for i in range(3):
         cache.put(key(i), bytes([i]) * BS)
     assert cache.get(key(0)) is not None  # 0 is now the most recently used
@@ -64,7 +64,7 @@ def test_lru_eviction_keeps_the_budget(tmp_path: Path) -> None:
     assert cache.get(key(0)) is not None
     assert cache.stats.evictions == 1
     on_disk = sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file())
-    assert on_disk == cache.stats.bytes <= 3 * (BS + 200)
+    assert on_disk == cache.stats.bytes <= 3 * (BS + ALIGN)
 
 
 def test_restart_reuses_valid_blocks(tmp_path: Path) -> None:

@@ -14,6 +14,15 @@ vaultfs reuses what is still valid.  Inserting past the budget evicts least
 recently used blocks and deletes their files.  The cache may exceed its budget
 only by the blocks being written at that moment.
 
+A block file is laid out for direct I/O: the header is padded to a whole page
+and so is the payload, and the checksum covers the padded payload.  Blocks are
+written with ``O_DIRECT`` where the file system allows it: on this project's
+machines a buffered write of a fresh 1 MiB file ran at about 300 MiB/s of CPU
+time (page-cache allocation and copying), a direct one at 1.6-2 GB/s with the
+thread waiting on the device instead, and a cold read writes every block it
+fetches.  The page cache would only have held a second copy of blocks the
+reader already has in memory.
+
 All file I/O here is blocking; callers run these methods in worker threads.
 A ``threading.Lock`` guards the index; block data is read and written outside
 it (eviction unlinks files under it, which touches no data).
@@ -21,9 +30,11 @@ it (eviction unlinks files under it, which touches no data).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import mmap
 import os
 import shutil
 import struct
@@ -39,10 +50,17 @@ import cachetools
 log = logging.getLogger(__name__)
 
 MAGIC = b"VFSB"
-FORMAT = 2
-# magic, format, key length, payload length, payload CRC-32 (which catches torn
-# and corrupted blocks at several GB/s; the key in the header catches foreign ones)
+FORMAT = 3
+# magic, format, key length, payload length, CRC-32 of the padded payload (which
+# catches torn and corrupted blocks at several GB/s; the key in the header
+# catches foreign ones)
 _HEAD = struct.Struct(">4sHIQI")
+#: Header and payload each start on this boundary, as O_DIRECT wants of offsets, lengths and memory.
+ALIGN = 4096
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
 
 
 @dataclass(frozen=True)
@@ -101,6 +119,9 @@ class BlockCache:
         self.stats = CacheStats()
         self._lock = threading.Lock()
         self._puts = 0
+        self._direct = True
+        # list.pop and list.append are atomic: worker threads share these without a lock.
+        self._images: list[mmap.mmap] = []
         directory.mkdir(parents=True, exist_ok=True)
         found = self._scan()
         # Our own blocks are reclaimable: only other data on the disk shrinks the budget.
@@ -211,25 +232,71 @@ class BlockCache:
     def put(self, key: BlockKey, data: bytes | bytearray | memoryview) -> None:
         """Store a block, evicting least recently used ones past the budget."""
         encoded = key.encoded()
-        head = _HEAD.pack(MAGIC, FORMAT, len(encoded), len(data), zlib.crc32(data))
-        name = key.file_name()
+        start = _aligned(_HEAD.size + len(encoded))
+        total = start + _aligned(len(data))
+        image = self._take_image(total)
+        try:
+            view = memoryview(image)[:total]
+            view[start : start + len(data)] = data
+            view[start + len(data) :] = bytes(total - start - len(data))
+            digest = zlib.crc32(view[start:])
+            header = _HEAD.pack(MAGIC, FORMAT, len(encoded), len(data), digest) + encoded
+            view[: len(header)] = header
+            view[len(header) : start] = bytes(start - len(header))
+            stored = self._write(key.file_name(), view)
+            view.release()
+        finally:
+            self._images.append(image)
+        if not stored:
+            return
+        self._insert(key.file_name(), total)
+        self._puts += 1
+        if self.min_free and self._puts % 64 == 0:
+            self._keep_disk_free()
+
+    def _take_image(self, size: int) -> mmap.mmap:
+        """A page-aligned scratch buffer of at least ``size`` bytes, one per concurrent put."""
+        try:
+            image = self._images.pop()
+        except IndexError:
+            return mmap.mmap(-1, size)
+        if len(image) >= size:
+            return image
+        image.close()
+        return mmap.mmap(-1, size)
+
+    def _write(self, name: str, image: memoryview) -> bool:
+        """Write the block file ``name`` atomically (a temporary file renamed into place)."""
         path = self._path(name)
         path.parent.mkdir(exist_ok=True)
         tmp = path.with_name(f"{name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
-            with open(tmp, "wb") as f:
-                f.write(head)
-                f.write(encoded)
-                f.write(data)
+            fd = self._create(tmp)
+            try:
+                written = os.write(fd, image)
+                if written != len(image):
+                    raise OSError(errno.ENOSPC, "short write")
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             log.warning("block cache: cannot store a block in %s: %s", self.directory, exc.strerror)
-            return
-        self._insert(name, len(head) + len(encoded) + len(data))
-        self._puts += 1
-        if self.min_free and self._puts % 64 == 0:
-            self._keep_disk_free()
+            return False
+        return True
+
+    def _create(self, path: Path) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        if self._direct:
+            try:
+                return os.open(path, flags | os.O_DIRECT, 0o600)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                # tmpfs and some others refuse O_DIRECT: buffered writes of the same layout.
+                log.info("block cache: %s refuses direct I/O; writing through the page cache", self.directory)
+                self._direct = False
+        return os.open(path, flags, 0o600)
 
     def clear(self) -> None:
         """Drop every block."""
@@ -247,10 +314,13 @@ class BlockCache:
         magic, fmt, key_len, payload_len, digest = _HEAD.unpack_from(raw)
         if magic != MAGIC or fmt != FORMAT:
             return None
-        start = _HEAD.size + key_len
-        if raw[_HEAD.size : start] != key.encoded() or len(raw) != start + payload_len:
+        start = _aligned(_HEAD.size + key_len)
+        if (
+            len(raw) != start + _aligned(payload_len)
+            or raw[_HEAD.size : _HEAD.size + key_len] != key.encoded()
+        ):
             return None
-        payload = memoryview(raw)[start:]  # a view: the payload is not copied out of the file's bytes
-        if zlib.crc32(payload) != digest:
+        padded = memoryview(raw)[start:]  # a view: the payload is not copied out of the file's bytes
+        if zlib.crc32(padded) != digest:
             return None
-        return payload
+        return padded[:payload_len]

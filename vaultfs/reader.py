@@ -14,8 +14,10 @@ block is neither in memory nor on disk nor on its way fetches only its own
 bytes, which it does not keep: a 4 KiB read then waits for 4 KiB, not for a
 whole block, and the kernel's page cache keeps what it read.
 
-Memory is bounded by the in-memory LRU (``memory`` bytes) plus ``concurrency``
-gets of up to :data:`FETCH_SIZE` in flight, plus two such runs of spare buffers.
+Memory is bounded by the in-memory LRU (``memory`` bytes, by default twice
+``read_ahead_max``: read-ahead lands there before it is read) plus
+``concurrency`` gets of up to :data:`FETCH_SIZE` in flight, plus two such runs
+of spare buffers.
 
 Buffers are reused: a block evicted from memory goes back to a pool of spare
 buffers that the next get fills, unless something still holds a view of it.
@@ -46,8 +48,6 @@ log = logging.getLogger(__name__)
 #: Read-ahead fetches consecutive blocks with one ranged get of up to this many
 #: bytes: object stores pay a round trip per request, so larger gets go faster.
 FETCH_SIZE = 8 << 20
-#: Bytes of recent and read-ahead blocks kept in memory, shared by all open files.
-MEMORY = 64 << 20
 
 
 class _Pool:
@@ -126,12 +126,13 @@ class Reader:
         block_size: int,
         read_ahead_max: int,
         concurrency: int = 8,
-        memory: int = MEMORY,
+        memory: int | None = None,
     ) -> None:
         self.backend = backend
         self.cache = cache
         self.block_size = block_size
-        memory_blocks = max(4, memory // block_size)
+        # Recent and read-ahead blocks, shared by all open files.
+        memory_blocks = max(4, (2 * read_ahead_max if memory is None else memory) // block_size)
         # Read-ahead lands in memory first: a window larger than half of what
         # memory keeps would evict blocks before their read.
         self.max_window = max(0, min(read_ahead_max // block_size, memory_blocks // 2))

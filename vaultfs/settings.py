@@ -310,8 +310,9 @@ class Settings:
         "time limit of one backend operation attempt", minimum=0.1)
     retries: int = _setting("mount.retries", "int", 5,
         "retries of a transient backend failure, with exponential backoff", minimum=0)
-    read_ahead_max: int = _setting("mount.read_ahead_max", "size", 64 << 20,
-        "largest read-ahead window of a sequential reader", minimum=0)
+    read_ahead_max: int = _setting("mount.read_ahead_max", "size", 16 << 20,
+        "largest read-ahead window of a sequential reader; the daemon keeps up to twice this of read blocks"
+        " in memory", minimum=0)
     writeback_cache: bool = _setting("mount.writeback_cache", "bool", False,
         "let the kernel buffer small writes (FUSE writeback cache)")
     foreground: bool = _setting("mount.foreground", "bool", False,
