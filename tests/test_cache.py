@@ -96,6 +96,23 @@ def test_corrupt_and_foreign_blocks_are_misses_and_removed(tmp_path: Path) -> No
     assert reopened.stats.corrupt == 2
 
 
+def test_a_block_read_into_a_buffer_is_checked_like_any_other(tmp_path: Path) -> None:
+    cache = BlockCache(tmp_path, budget=10 * BS)
+    whole, odd = os.urandom(BS), os.urandom(1000)
+    cache.put(key(0), whole)
+    cache.put(key(1), odd)
+    into = bytearray(BS)
+    assert cache.get(key(0), into) is into and into == whole
+    assert cache.get(key(1), bytearray(1000)) == odd  # padded on disk to a whole page, checked with it
+    assert cache.get(key(1), bytearray(BS)) is None  # a whole block asked for, a short one found
+    path0 = next(tmp_path.rglob(key(0).file_name()))
+    raw = bytearray(path0.read_bytes())
+    raw[-1] ^= 0xFF
+    path0.write_bytes(bytes(raw))
+    assert cache.get(key(0), bytearray(BS)) is None
+    assert cache.stats.corrupt == 2 and not path0.exists()
+
+
 def run_reader(
     driver: CountingDriver, cache: BlockCache | None, fn: Any, read_ahead: int = 0, memory: int = 64 << 20
 ) -> Any:
@@ -141,9 +158,9 @@ def test_second_read_is_served_without_driver_calls(tmp_path: Path) -> None:
 class ReadsNoFile(BlockCache):
     """A cache that fails the test if a read looks for a block file the index does not list."""
 
-    def get(self, key: BlockKey) -> Any:
+    def get(self, key: BlockKey, into: bytearray | None = None) -> Any:
         assert self.may_hold(key), f"looked on disk for block {key.index}, which the index does not list"
-        return super().get(key)
+        return super().get(key, into)
 
 
 def test_a_cold_read_does_not_look_on_disk_for_blocks_the_index_lacks(tmp_path: Path) -> None:

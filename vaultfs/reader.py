@@ -183,7 +183,7 @@ class Reader:
         if key in self._memory or key in self._inflight:
             return None
         if self.cache is not None and self.cache.may_hold(key):
-            cached = await trio.to_thread.run_sync(self.cache.get, key)
+            cached = await trio.to_thread.run_sync(self._from_cache, key, state.size)
             if cached is not None:
                 metrics.CACHE_HITS.labels(self.backend.name).inc()
                 self._memory[key] = cached
@@ -230,9 +230,7 @@ class Reader:
             try:
                 missing = list(claimed)
                 if self.cache is not None and missing:
-                    found = await trio.to_thread.run_sync(self._from_disk, missing)
-                    self._memory.update(found)
-                    metrics.CACHE_HITS.labels(self.backend.name).inc(len(found))
+                    found = await self._from_disk(missing, state.size, claimed)
                     missing = [key for key in missing if key not in found]
                 for run in _contiguous(missing):
                     await self._fetch(run, state.size, claimed)
@@ -244,14 +242,41 @@ class Reader:
                         del self._inflight[key]
                     done.set()
 
-    def _from_disk(self, keys: list[BlockKey]) -> dict[BlockKey, bytearray | memoryview]:
-        assert self.cache is not None
-        found: dict[BlockKey, bytearray | memoryview] = {}
-        for key in keys:
-            data = self.cache.get(key)
+    async def _from_disk(
+        self, keys: list[BlockKey], size: int, waiting: dict[BlockKey, trio.Event]
+    ) -> set[BlockKey]:
+        """Those of ``keys`` the disk cache holds, read in parallel, each in memory as soon as it is read.
+
+        One worker thread per block: the disk serves several reads at once, and a
+        reader waiting for the first block does not wait for the others.
+        """
+        found: set[BlockKey] = set()
+
+        async def one(key: BlockKey) -> None:
+            data = await trio.to_thread.run_sync(self._from_cache, key, size)
             if data is not None:
-                found[key] = data
+                self._memory[key] = data
+                found.add(key)
+                waiting[key].set()
+
+        assert self.cache is not None
+        async with trio.open_nursery() as nursery:
+            for key in keys:
+                if self.cache.may_hold(key):
+                    nursery.start_soon(one, key)
+        metrics.CACHE_HITS.labels(self.backend.name).inc(len(found))
         return found
+
+    def _from_cache(self, key: BlockKey, size: int) -> bytearray | memoryview | None:
+        """Block ``key`` of a ``size``-byte file from the disk cache; whole blocks land in spare buffers."""
+        assert self.cache is not None
+        if (key.index + 1) * self.block_size > size:
+            return self.cache.get(key)
+        buffer = self._pool.take()
+        data = self.cache.get(key, buffer)
+        if data is None:
+            self._pool.give(buffer)
+        return data
 
     async def _fetch(
         self, run: list[BlockKey], size: int, waiting: dict[BlockKey, trio.Event] | None = None
@@ -319,7 +344,7 @@ class Reader:
 
     async def _load(self, key: BlockKey, size: int) -> bytearray | memoryview:
         if self.cache is not None and self.cache.may_hold(key):
-            cached = await trio.to_thread.run_sync(self.cache.get, key)
+            cached = await trio.to_thread.run_sync(self._from_cache, key, size)
             if cached is not None:
                 metrics.CACHE_HITS.labels(self.backend.name).inc()
                 return cached
