@@ -40,27 +40,35 @@ import shutil
 import struct
 import threading
 import uuid
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cachetools
+import xxhash
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"VFSB"
 FORMAT = 3
-# magic, format, key length, payload length, CRC-32 of the padded payload (which
-# catches torn and corrupted blocks at several GB/s; the key in the header
-# catches foreign ones)
-_HEAD = struct.Struct(">4sHIQI")
+# magic, format, key length, payload length, XXH3-64 of the padded payload (which
+# catches torn and corrupted blocks at about 60 GB/s here, where zlib's CRC-32
+# ran at 2.5-4 and was most of the cache's CPU time in a cold read; the key in
+# the header catches foreign ones)
+_HEAD = struct.Struct(">4sHIQQ")
 #: Header and payload each start on this boundary, as O_DIRECT wants of offsets, lengths and memory.
 ALIGN = 4096
 
 
 def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
+
+
+def _digest(*parts: bytes | bytearray | memoryview) -> int:
+    state = xxhash.xxh3_64()
+    for part in parts:
+        state.update(part)
+    return state.intdigest()
 
 
 @dataclass(frozen=True)
@@ -245,7 +253,7 @@ class BlockCache:
             view = memoryview(image)[:total]
             view[start : start + len(data)] = data
             view[start + len(data) :] = bytes(total - start - len(data))
-            digest = zlib.crc32(view[start:])
+            digest = xxhash.xxh3_64_intdigest(view[start:])
             header = _HEAD.pack(MAGIC, FORMAT, len(encoded), len(data), digest) + encoded
             view[: len(header)] = header
             view[len(header) : start] = bytes(start - len(header))
@@ -327,7 +335,7 @@ class BlockCache:
         ):
             return None
         padded = memoryview(raw)[start:]  # a view: the payload is not copied out of the file's bytes
-        if zlib.crc32(padded) != digest:
+        if xxhash.xxh3_64_intdigest(padded) != digest:
             return None
         return padded[:payload_len]
 
@@ -342,9 +350,6 @@ class BlockCache:
         magic, fmt, key_len, payload_len, digest = _HEAD.unpack_from(head)
         if (magic, fmt, key_len, payload_len) != (MAGIC, FORMAT, len(encoded), len(into)):
             return None
-        if (
-            head[_HEAD.size : _HEAD.size + key_len] != encoded
-            or zlib.crc32(padding, zlib.crc32(into)) != digest
-        ):
+        if head[_HEAD.size : _HEAD.size + key_len] != encoded or _digest(into, padding) != digest:
             return None
         return into
