@@ -39,7 +39,6 @@ import os
 import shutil
 import struct
 import threading
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -282,10 +281,14 @@ class BlockCache:
     def _write(self, name: str, image: memoryview) -> bool:
         """Write the block file ``name`` atomically (a temporary file renamed into place)."""
         path = self._path(name)
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f"{name}.{uuid.uuid4().hex[:8]}.tmp")
+        # One writer per thread at a time: the thread's id makes the name unique.
+        tmp = path.with_name(f"{name}.{threading.get_ident():x}.tmp")
         try:
-            fd = self._create(tmp)
+            try:
+                fd = self._create(tmp)
+            except FileNotFoundError:
+                path.parent.mkdir(exist_ok=True)  # first block under this prefix, or cleared meanwhile
+                fd = self._create(tmp)
             try:
                 written = os.write(fd, image)
                 if written != len(image):
@@ -300,7 +303,7 @@ class BlockCache:
         return True
 
     def _create(self, path: Path) -> int:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         if self._direct:
             try:
                 return os.open(path, flags | os.O_DIRECT, 0o600)

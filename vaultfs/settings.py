@@ -310,7 +310,7 @@ class Settings:
         "time limit of one backend operation attempt", minimum=0.1)
     retries: int = _setting("mount.retries", "int", 5,
         "retries of a transient backend failure, with exponential backoff", minimum=0)
-    read_ahead_max: int = _setting("mount.read_ahead_max", "size", 16 << 20,
+    read_ahead_max: int = _setting("mount.read_ahead_max", "size", 32 << 20,
         "largest read-ahead window of a sequential reader; the daemon keeps up to twice this of read blocks"
         " in memory", minimum=0)
     writeback_cache: bool = _setting("mount.writeback_cache", "bool", False,
