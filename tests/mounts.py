@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -71,9 +73,9 @@ class Mount:
             time.sleep(0.05)
         return self
 
-    def health(self) -> dict[str, object]:
-        """The daemon's /healthz report, found through its runtime record (written just after the
-        mount appears, so it is waited for)."""
+    def metrics_address(self) -> str:
+        """HOST:PORT of the daemon's metrics listener, from its runtime record (written just after
+        the mount appears, so it is waited for)."""
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             for path in sorted(runtime.runtime_dir().glob("*.json")):
@@ -83,10 +85,25 @@ class Mount:
                     continue
                 if record.get("mountpoint") == str(self.mountpoint) and record.get("pid") == self.pid:
                     if not record.get("metrics"):
-                        raise RuntimeError("no /healthz: mount with --metrics-listen 127.0.0.1:0")
-                    return status.fetch_health(str(record["metrics"]), timeout=10)
+                        raise RuntimeError("no metrics: mount with --metrics-listen 127.0.0.1:0")
+                    return str(record["metrics"])
             time.sleep(0.02)
         raise RuntimeError(f"no runtime record for the daemon of {self.mountpoint}")
+
+    def health(self) -> dict[str, object]:
+        """The daemon's /healthz report."""
+        return status.fetch_health(self.metrics_address(), timeout=10)
+
+    def operations(self) -> dict[str, float]:
+        """FUSE requests the daemon has answered so far, by operation (from /metrics)."""
+        with urllib.request.urlopen(f"http://{self.metrics_address()}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+        counts: dict[str, float] = {}
+        for line in text.splitlines():
+            found = re.match(r'vaultfs_fuse_operations_total\{.*operation="([^"]+)".*\} (\S+)', line)
+            if found:
+                counts[found[1]] = counts.get(found[1], 0.0) + float(found[2])
+        return counts
 
     def pending_uploads(self) -> int:
         """Uploads the daemon's write-back queue holds now."""

@@ -247,6 +247,28 @@ def test_symlinks_hard_links_and_fifos(tree: Tree) -> None:
     assert fifo.value.errno == errno.EPERM
 
 
+def test_extended_attributes_are_not_supported_and_writes_never_ask(tree: Tree) -> None:
+    path = tree.root / "x.txt"
+    path.write_bytes(b"a")
+    for call in (
+        lambda: os.getxattr(path, "user.a"),
+        lambda: os.setxattr(path, "user.a", b"1"),
+        lambda: os.listxattr(path),
+        lambda: os.removexattr(path, "user.a"),
+    ):
+        with pytest.raises(OSError) as refused:
+            call()
+        assert refused.value.errno == errno.EOPNOTSUPP
+    # ENOSYS told the kernel to stop asking, also before each write(2) (its security.capability
+    # check), which otherwise costs a round trip per write.
+    before = tree.mount.operations().get("getxattr", 0)
+    with open(path, "ab") as f:
+        for _ in range(20):
+            f.write(b"b")
+            f.flush()
+    assert tree.mount.operations().get("getxattr", 0) == before
+
+
 def test_other_clients_changes_show_after_the_ttl(tree: Tree) -> None:
     (tree.root / "shared.txt").write_text("mine")
     assert (tree.root / "shared.txt").read_text() == "mine"
