@@ -145,6 +145,7 @@ def test_second_read_is_served_without_driver_calls(tmp_path: Path) -> None:
     async def twice(reader: Reader) -> None:
         assert await reader.read(state, 0, len(data)) == data
         calls = len(driver.gets)
+        await reader.writes_done()
         reader._memory.clear()
         fresh = ReadState(state.container, state.artifact, state.version, state.size)
         assert await reader.read(fresh, 0, len(data)) == data
@@ -172,6 +173,7 @@ def test_a_cold_read_does_not_look_on_disk_for_blocks_the_index_lacks(tmp_path: 
     async def cold_then_warm(reader: Reader) -> None:
         assert await reader.read(state, 0, 100) == data[:100]  # a small read: a ranged get
         assert await reader.read(state, 2 * BS, BS) == data[2 * BS :]  # a block: fetched and kept
+        await reader.writes_done()
         reader._memory.clear()
         assert await reader.read(state, 2 * BS, BS) == data[2 * BS :]  # from disk now
 

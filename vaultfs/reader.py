@@ -45,6 +45,10 @@ from .cache import BlockCache, BlockKey
 
 log = logging.getLogger(__name__)
 
+#: Disk-cache writes that may still run after the read that fetched their blocks
+#: has been answered: a small file's read then waits for the network only, not
+#: also for the disk (a direct write waits for the device).
+WRITES_BEHIND = 4
 #: Read-ahead fetches consecutive blocks with one ranged get of up to this many
 #: bytes: object stores pay a round trip per request, so larger gets go faster.
 FETCH_SIZE = 8 << 20
@@ -144,6 +148,7 @@ class Reader:
         self._memory = _Blocks(memory_blocks, self._pool)
         self._inflight: dict[BlockKey, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
+        self._writes = trio.Semaphore(WRITES_BEHIND)
 
     def start(self, nursery: trio.Nursery) -> None:
         """Run read-ahead in ``nursery``; without it, reads still work but nothing is fetched ahead."""
@@ -310,8 +315,29 @@ class Reader:
         metrics.CACHE_MISSES.labels(self.backend.name).inc(len(run))
         if self.cache is not None:
             # Fewer blocks than asked for only if the artifact changed behind our back.
-            await trio.to_thread.run_sync(self._to_disk, list(zip(run, data, strict=False)))
+            blocks = list(zip(run, data, strict=False))
+            try:
+                if self._nursery is None:
+                    raise trio.WouldBlock
+                self._writes.acquire_nowait()
+            except trio.WouldBlock:
+                await trio.to_thread.run_sync(self._to_disk, blocks)  # the disk is behind: keep pace with it
+            else:
+                self._nursery.start_soon(self._write_behind, blocks)
         return data
+
+    async def _write_behind(self, blocks: list[tuple[BlockKey, bytearray]]) -> None:
+        try:
+            await trio.to_thread.run_sync(self._to_disk, blocks)
+        finally:
+            self._writes.release()
+
+    async def writes_done(self) -> None:
+        """Return once every block fetched so far is in the disk cache."""
+        for _ in range(WRITES_BEHIND):
+            await self._writes.acquire()
+        for _ in range(WRITES_BEHIND):
+            self._writes.release()
 
     def _to_disk(self, blocks: list[tuple[BlockKey, bytearray]]) -> None:
         assert self.cache is not None
