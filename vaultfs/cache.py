@@ -211,7 +211,7 @@ class BlockCache:
         self.stats.misses += 1
         return False
 
-    def get(self, key: BlockKey, into: bytearray | None = None) -> bytearray | memoryview | None:
+    def get(self, key: BlockKey, into: bytearray | None = None) -> bytearray | None:
         """The block's bytes, or ``None`` on a miss (including a corrupt, foreign or stale file).
 
         ``into`` is a buffer as long as the block's payload: the payload is then
@@ -226,9 +226,7 @@ class BlockCache:
             return None
         try:
             with open(self._path(name), "rb", buffering=0) as f:
-                payload = (
-                    self._check(f.read(), key) if into is None else self._read_into(f.fileno(), key, into)
-                )
+                payload = self._read(f.fileno(), key, into)
         except FileNotFoundError:
             self._forget(name)
             self.stats.misses += 1
@@ -252,17 +250,18 @@ class BlockCache:
             view = memoryview(image)[:total]
             view[start : start + len(data)] = data
             view[start + len(data) :] = bytes(total - start - len(data))
-            digest = xxhash.xxh3_64_intdigest(view[start:])
+            digest = _digest(view[start:])
             header = _HEAD.pack(MAGIC, FORMAT, len(encoded), len(data), digest) + encoded
             view[: len(header)] = header
             view[len(header) : start] = bytes(start - len(header))
-            stored = self._write(key.file_name(), view)
+            name = key.file_name()
+            stored = self._write(name, view)
             view.release()
         finally:
             self._images.append(image)
         if not stored:
             return
-        self._insert(key.file_name(), total)
+        self._insert(name, total)
         self._puts += 1
         if self.min_free and self._puts % 64 == 0:
             self._keep_disk_free()
@@ -325,34 +324,23 @@ class BlockCache:
             self._path(name).unlink(missing_ok=True)
 
     @staticmethod
-    def _check(raw: bytes, key: BlockKey) -> memoryview | None:
-        if len(raw) < _HEAD.size:
-            return None
-        magic, fmt, key_len, payload_len, digest = _HEAD.unpack_from(raw)
-        if magic != MAGIC or fmt != FORMAT:
-            return None
-        start = _aligned(_HEAD.size + key_len)
-        if (
-            len(raw) != start + _aligned(payload_len)
-            or raw[_HEAD.size : _HEAD.size + key_len] != key.encoded()
-        ):
-            return None
-        padded = memoryview(raw)[start:]  # a view: the payload is not copied out of the file's bytes
-        if xxhash.xxh3_64_intdigest(padded) != digest:
-            return None
-        return padded[:payload_len]
-
-    @staticmethod
-    def _read_into(fd: int, key: BlockKey, into: bytearray) -> bytearray | None:
+    def _read(fd: int, key: BlockKey, into: bytearray | None) -> bytearray | None:
+        """The payload of block file ``fd`` if its header names ``key``, its length is right and it
+        matches its checksum; read into ``into`` (which must be as long as it) or a new buffer."""
         encoded = key.encoded()
         start = _aligned(_HEAD.size + len(encoded))
-        head, padding = bytearray(start), bytearray(_aligned(len(into)) - len(into))
-        size = start + len(into) + len(padding)
-        if os.fstat(fd).st_size != size or os.preadv(fd, [head, into, padding], 0) != size:
+        head = os.pread(fd, start, 0)
+        if len(head) != start:
             return None
         magic, fmt, key_len, payload_len, digest = _HEAD.unpack_from(head)
-        if (magic, fmt, key_len, payload_len) != (MAGIC, FORMAT, len(encoded), len(into)):
+        named = head[_HEAD.size : _HEAD.size + key_len]
+        if (magic, fmt, named) != (MAGIC, FORMAT, encoded):
             return None
-        if head[_HEAD.size : _HEAD.size + key_len] != encoded or _digest(into, padding) != digest:
+        padded = _aligned(payload_len)
+        if os.fstat(fd).st_size != start + padded or (into is not None and len(into) != payload_len):
             return None
-        return into
+        payload = bytearray(payload_len) if into is None else into
+        padding = bytearray(padded - payload_len)
+        if os.preadv(fd, [payload, padding], start) != padded or _digest(payload, padding) != digest:
+            return None
+        return payload
