@@ -17,7 +17,7 @@ whole block, and the kernel's page cache keeps what it read.
 Memory is bounded by the in-memory LRU (``memory`` bytes, by default twice
 ``read_ahead_max``: read-ahead lands there before it is read) plus
 ``concurrency`` gets of up to :data:`FETCH_SIZE` in flight, plus two such runs
-of spare buffers.
+of spare buffers, plus :data:`WRITES_BEHIND` runs waiting for the disk cache.
 
 Buffers are reused: a block evicted from memory goes back to a pool of spare
 buffers that the next get fills, unless something still holds a view of it.
@@ -187,12 +187,10 @@ class Reader:
         key = self._key(state, index)
         if key in self._memory or key in self._inflight:
             return None
-        if self.cache is not None and self.cache.may_hold(key):
-            cached = await trio.to_thread.run_sync(self._from_cache, key, state.size)
-            if cached is not None:
-                metrics.CACHE_HITS.labels(self.backend.name).inc()
-                self._memory[key] = cached
-                return None
+        cached = await self._cached(key, state.size)
+        if cached is not None:
+            self._memory[key] = cached
+            return None
         metrics.CACHE_MISSES.labels(self.backend.name).inc()
         return await self.backend.read(state.container, state.artifact, offset, end - offset)
 
@@ -258,22 +256,32 @@ class Reader:
         found: set[BlockKey] = set()
 
         async def one(key: BlockKey) -> None:
-            data = await trio.to_thread.run_sync(self._from_cache, key, size)
+            data = await self._cached(key, size)
             if data is not None:
                 self._memory[key] = data
                 found.add(key)
                 waiting[key].set()
 
-        assert self.cache is not None
         async with trio.open_nursery() as nursery:
             for key in keys:
-                if self.cache.may_hold(key):
-                    nursery.start_soon(one, key)
-        metrics.CACHE_HITS.labels(self.backend.name).inc(len(found))
+                nursery.start_soon(one, key)
         return found
 
-    def _from_cache(self, key: BlockKey, size: int) -> bytearray | memoryview | None:
-        """Block ``key`` of a ``size``-byte file from the disk cache; whole blocks land in spare buffers."""
+    async def _cached(self, key: BlockKey, size: int) -> bytearray | None:
+        """Block ``key`` of a ``size``-byte file from the disk cache, or None.
+
+        The index is asked on the loop first: a block it lacks (every block of a
+        cold read) costs no worker thread.
+        """
+        if self.cache is None or not self.cache.may_hold(key):
+            return None
+        data = await trio.to_thread.run_sync(self._from_cache, key, size)
+        if data is not None:
+            metrics.CACHE_HITS.labels(self.backend.name).inc()
+        return data
+
+    def _from_cache(self, key: BlockKey, size: int) -> bytearray | None:
+        """In a worker thread: :meth:`_cached`'s read, whole blocks into spare buffers."""
         assert self.cache is not None
         if (key.index + 1) * self.block_size > size:
             return self.cache.get(key)
@@ -316,13 +324,10 @@ class Reader:
         if self.cache is not None:
             # Fewer blocks than asked for only if the artifact changed behind our back.
             blocks = list(zip(run, data, strict=False))
-            try:
-                if self._nursery is None:
-                    raise trio.WouldBlock
-                self._writes.acquire_nowait()
-            except trio.WouldBlock:
-                await trio.to_thread.run_sync(self._to_disk, blocks)  # the disk is behind: keep pace with it
+            if self._nursery is None:
+                await trio.to_thread.run_sync(self._to_disk, blocks)
             else:
+                await self._writes.acquire()  # the disk is that far behind: keep pace with it
                 self._nursery.start_soon(self._write_behind, blocks)
         return data
 
@@ -369,11 +374,9 @@ class Reader:
             done.set()
 
     async def _load(self, key: BlockKey, size: int) -> bytearray | memoryview:
-        if self.cache is not None and self.cache.may_hold(key):
-            cached = await trio.to_thread.run_sync(self._from_cache, key, size)
-            if cached is not None:
-                metrics.CACHE_HITS.labels(self.backend.name).inc()
-                return cached
+        cached = await self._cached(key, size)
+        if cached is not None:
+            return cached
         fetched = await self._fetch([key], size)
         return fetched[0] if fetched else bytearray()
 
