@@ -247,9 +247,26 @@ def test_symlinks_hard_links_and_fifos(tree: Tree) -> None:
     assert fifo.value.errno == errno.EPERM
 
 
-def test_extended_attributes_are_not_supported_and_writes_never_ask(tree: Tree) -> None:
+def test_extended_attributes_are_not_supported_and_writes_never_ask(tree: Tree, tmp_path: Path) -> None:
     path = tree.root / "x.txt"
     path.write_bytes(b"a")
+    # cp -a and ls -l carry on without them; rsync -X copies the data and reports the attributes
+    # it could not set (exit 23), as on any file system without them.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f").write_bytes(b"f")
+    os.setxattr(outside / "f", "user.a", b"1")
+    sh(f"cp -a '{path}' '{outside}/cp'")
+    sh(f"cp -a '{outside}' '{tree.root}/cp'")
+    sh(f"rsync -aX '{tree.root}/cp/' '{tmp_path}/back/'")
+    rsync = subprocess.run(
+        ["rsync", "-aX", f"{outside}/", f"{tree.root}/rs/"], capture_output=True, text=True, timeout=60
+    )
+    assert rsync.returncode == 23 and "Operation not supported" in rsync.stderr
+    assert "x.txt" in sh(f"ls -l '{tree.root}'").stdout
+    assert (outside / "cp").read_bytes() == b"a"
+    assert (tree.root / "cp" / "f").read_bytes() == (tree.root / "rs" / "f").read_bytes() == b"f"
+    assert (tmp_path / "back" / "f").read_bytes() == b"f"
     for call in (
         lambda: os.getxattr(path, "user.a"),
         lambda: os.setxattr(path, "user.a", b"1"),
