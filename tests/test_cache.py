@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import threading
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+import pytest
 import trio
 
 from drivers.memory import MemoryDriver
@@ -111,6 +113,29 @@ def test_a_block_read_into_a_buffer_is_checked_like_any_other(tmp_path: Path) ->
     path0.write_bytes(bytes(raw))
     assert cache.get(key(0), bytearray(BS)) is None
     assert cache.stats.corrupt == 2 and not path0.exists()
+
+
+def test_a_file_system_refusing_direct_io_gets_the_same_blocks_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No file system on these machines refuses O_DIRECT (tmpfs and FUSE accept it now), so the
+    # refusal older tmpfs and some network file systems give is made here.
+    real_open, tried = os.open, []
+
+    def open_(path: Any, flags: int, mode: int = 0o777) -> int:
+        if flags & os.O_DIRECT:
+            tried.append(path)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(os, "open", open_)
+    cache = BlockCache(tmp_path, budget=10 * BS)
+    cache.put(key(0), b"a" * BS)
+    cache.put(key(1), b"b" * 100)
+    assert len(tried) == 1  # asked once, then remembered
+    monkeypatch.undo()
+    assert BlockCache(tmp_path, budget=10 * BS).get(key(0)) == b"a" * BS
+    assert cache.get(key(1), bytearray(100)) == b"b" * 100
 
 
 def run_reader(
