@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -93,17 +91,6 @@ class Mount:
     def health(self) -> dict[str, object]:
         """The daemon's /healthz report."""
         return status.fetch_health(self.metrics_address(), timeout=10)
-
-    def operations(self) -> dict[str, float]:
-        """FUSE requests the daemon has answered so far, by operation (from /metrics)."""
-        with urllib.request.urlopen(f"http://{self.metrics_address()}/metrics", timeout=10) as answer:
-            text = answer.read().decode()
-        counts: dict[str, float] = {}
-        for line in text.splitlines():
-            found = re.match(r'vaultfs_fuse_operations_total\{.*operation="([^"]+)".*\} (\S+)', line)
-            if found:
-                counts[found[1]] = counts.get(found[1], 0.0) + float(found[2])
-        return counts
 
     def pending_uploads(self) -> int:
         """Uploads the daemon's write-back queue holds now."""
