@@ -17,7 +17,7 @@ whole block, and the kernel's page cache keeps what it read.
 Memory is bounded by the in-memory LRU (``memory`` bytes, by default twice
 ``read_ahead_max``: read-ahead lands there before it is read) plus
 ``concurrency`` gets of up to :data:`FETCH_SIZE` in flight, plus two such runs
-of spare buffers, plus :data:`WRITES_BEHIND` runs waiting for the disk cache.
+of spare buffers, plus :data:`WRITES_BEHIND` blocks waiting for the disk cache.
 
 Buffers are reused: a block evicted from memory goes back to a pool of spare
 buffers that the next get fills, unless something still holds a view of it.
@@ -45,9 +45,10 @@ from .cache import BlockCache, BlockKey
 
 log = logging.getLogger(__name__)
 
-#: Disk-cache writes that may still run after the read that fetched their blocks
-#: has been answered: a small file's read then waits for the network only, not
-#: also for the disk (a direct write waits for the device).
+#: Blocks fetched for a waiting read whose disk-cache write may still run after
+#: the read is answered: a small file's read then waits for the network only, not
+#: also for the disk (a direct write waits for the device).  Read-ahead needs no
+#: such thing, its blocks are served as they arrive, before their write.
 WRITES_BEHIND = 4
 #: Read-ahead fetches consecutive blocks with one ranged get of up to this many
 #: bytes: object stores pay a round trip per request, so larger gets go faster.
@@ -292,13 +293,18 @@ class Reader:
         return data
 
     async def _fetch(
-        self, run: list[BlockKey], size: int, waiting: dict[BlockKey, trio.Event] | None = None
+        self,
+        run: list[BlockKey],
+        size: int,
+        waiting: dict[BlockKey, trio.Event] | None = None,
+        behind: bool = False,
     ) -> list[bytearray]:
         """One ranged get for consecutive blocks, kept in memory and on disk; returns the blocks.
 
         Each block is in memory, and its event in ``waiting`` set, as soon as it
         has arrived: a reader waiting for the first block of an 8 MiB get does
-        not wait for the other seven.
+        not wait for the other seven.  With ``behind``, the disk-cache write may
+        still run after this returns (see :data:`WRITES_BEHIND`).
         """
         first, bs = run[0], self.block_size
         offset = first.index * bs
@@ -324,11 +330,11 @@ class Reader:
         if self.cache is not None:
             # Fewer blocks than asked for only if the artifact changed behind our back.
             blocks = list(zip(run, data, strict=False))
-            if self._nursery is None:
-                await trio.to_thread.run_sync(self._to_disk, blocks)
-            else:
+            if behind and self._nursery is not None:
                 await self._writes.acquire()  # the disk is that far behind: keep pace with it
                 self._nursery.start_soon(self._write_behind, blocks)
+            else:
+                await trio.to_thread.run_sync(self._to_disk, blocks)
         return data
 
     async def _write_behind(self, blocks: list[tuple[BlockKey, bytearray]]) -> None:
@@ -377,7 +383,7 @@ class Reader:
         cached = await self._cached(key, size)
         if cached is not None:
             return cached
-        fetched = await self._fetch([key], size)
+        fetched = await self._fetch([key], size, behind=True)
         return fetched[0] if fetched else bytearray()
 
     def _publish_cache_figures(self) -> None:
