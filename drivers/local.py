@@ -2,7 +2,7 @@
 
 Artifact names map to nested paths (``/`` separates directories); a name ending
 in ``/`` is a directory marker.  User metadata, and a random version token that
-keeps ETags unique when the file system reuses an inode, live in one JSON
+keeps ETags unique when the file system reuses an inode, live in one (deflated JSON)
 extended attribute (``user.vaultfs.meta``) written on the temporary file before
 it is renamed over the target, so data and metadata change together.
 

@@ -10,11 +10,12 @@ import errno
 import fcntl
 import hashlib
 import io
-import json
 import os
 import subprocess
 import tempfile
 import threading
+import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, cast
@@ -23,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drivers._localfs import META_XATTR, TEMP_PREFIX
+from drivers._localfs import META_XATTR, TEMP_PREFIX, read_record
 from drivers.base import ArtifactInfo, Prefix
 from drivers.errors import (
     AccessDenied,
@@ -762,8 +763,7 @@ def test_listing_matches_memory_driver(ops: list[tuple[str, str]], queries: list
 def test_metadata_round_trip_through_xattr(driver: LocalDriver, root: Path) -> None:
     info = put(driver, "m", b"data", metadata={"Mode": "0644", "uid": "1000"})
     assert info.metadata == {"mode": "0644", "uid": "1000"}
-    record = json.loads(os.getxattr(root / C / "m", META_XATTR))
-    assert record["metadata"] == {"mode": "0644", "uid": "1000"}
+    assert read_record(str(root / C / "m")).metadata == {"mode": "0644", "uid": "1000"}
     assert driver.stat(C, "m") == info
     assert list(driver.list(C)) == [info]
 
@@ -805,12 +805,32 @@ def test_etag_survives_recycled_inode_and_coarse_clock(driver: LocalDriver, root
     assert driver.stat(C, "e").etag != first.etag
 
 
+def test_a_typical_record_fits_inside_an_ext4_inode(driver: LocalDriver, root: Path) -> None:
+    # ext4 keeps a value of up to 60 bytes inside a 256-byte inode; a larger one costs a disk block per
+    # file, read on every cold listing.
+    now = time.time_ns()
+    for uid, mode in (("0", "33188"), ("1000", "33261"), ("1000", "16877")):
+        meta = {"gid": uid, "mode": mode, "mtime": str(now // 10**9), "uid": uid, "vfs-mtime-ns": str(now)}
+        put(driver, "typical", b"x", metadata=meta)
+        assert len(os.getxattr(root / C / "typical", META_XATTR)) <= 60
+        assert driver.stat(C, "typical").metadata == meta
+
+
+def test_records_written_as_plain_json_are_still_read(driver: LocalDriver, root: Path) -> None:
+    (root / C / "older").write_bytes(b"kept")
+    os.setxattr(root / C / "older", META_XATTR, b'{"metadata":{"mode":"33188"},"version":"00ff"}')
+    info = driver.stat(C, "older")
+    assert info.metadata == {"mode": "33188"} and info.etag.endswith("-00ff")
+    assert list(driver.list(C, prefix="older")) == [info]
+
+
 def test_foreign_files_and_damaged_xattr(driver: LocalDriver, root: Path) -> None:
     (root / C / "foreign").write_bytes(b"made outside")
     info = driver.stat(C, "foreign")
     assert info.metadata == {} and info.size == 12
-    os.setxattr(root / C / "foreign", META_XATTR, b"{not json")
-    assert driver.stat(C, "foreign").metadata == {}
+    for damaged in (b"{not json", b"\x01not deflated", b"\x01" + zlib.compress(b"{}")):
+        os.setxattr(root / C / "foreign", META_XATTR, damaged)
+        assert driver.stat(C, "foreign").metadata == {}
     assert read(driver, "foreign") == b"made outside"
 
 
