@@ -33,7 +33,7 @@ from typing import Any
 import procs
 import report
 import workloads as wl
-from procs import drop_caches, watchdog
+from procs import drop_caches, prime_memory, watchdog
 from report import DASH, Results, Workload
 from s3 import BenchServer, Boto3Reference
 from targets import ALL_TARGETS, Env, Target, build, find_binary, version_of
@@ -107,8 +107,13 @@ class Bench:
         self.ops: Counter[str] | None = None  # driver calls during the last timed step, where known
 
     # --- helpers ------------------------------------------------------------------------------
-    def timed(self, t: Target, what: str, fn: Callable[[], Any]) -> tuple[float, Any]:
-        """Time ``fn`` under a watchdog that kills the daemon to unblock us; returns (seconds, result)."""
+    def timed(self, t: Target, what: str, fn: Callable[[], Any], prime: int = 0) -> tuple[float, Any]:
+        """Time ``fn`` under a watchdog that kills the daemon to unblock us; returns (seconds, result).
+
+        ``prime``: bytes of memory the step takes fresh (see :func:`procs.prime_memory`), primed untimed.
+        """
+        if prime:
+            prime_memory(self.env.base, prime)
         os.sync()
         before = t.driver_ops()
         with watchdog(self.cfg.timeout, t.kill, f"{t.name}: {what}"):
@@ -174,7 +179,7 @@ class Bench:
                     wl.seq_write(path, size, block, self.pattern)
                     self.wait_for(t, rel, lambda: t.size_in_backend(rel) == size)
 
-                secs, _ = self.timed(t, f"write {rel}", write)
+                secs, _ = self.timed(t, f"write {rel}", write, prime=size)
                 if "write" in cfg.groups:
                     self.record(f"write_{'1m' if block == MiB else f'{block // KiB}k'}", t, size / MiB / secs,
                                 "MiB/s")
@@ -186,7 +191,8 @@ class Bench:
                 for key in ("read_cold", "read_warm", "read_hot"):
                     if key == "read_warm":
                         drop_caches()
-                    secs, got = self.timed(t, key, functools.partial(wl.seq_read, path))
+                    secs, got = self.timed(t, key, functools.partial(wl.seq_read, path),
+                                           prime=0 if key == "read_hot" else cfg.size)
                     if got != cfg.size:
                         raise RuntimeError(f"{key}: read {got} bytes of {cfg.size}")
                     self.record(key, t, got / MiB / secs, "MiB/s")
@@ -238,12 +244,13 @@ class Bench:
         ref = Boto3Reference(self.env.server.bench_client(), t.name)  # type: ignore[union-attr]
         if cfg.groups & {"write", "read", "random"}:
             secs, _ = self.timed(t, "multipart upload",
-                                 lambda: ref.multipart_upload("big", cfg.size, self.pattern))
+                                 lambda: ref.multipart_upload("big", cfg.size, self.pattern), prime=cfg.size)
             if "write" in cfg.groups:
                 self.record("write_1m", t, cfg.size / MiB / secs, "MiB/s")
             if "read" in cfg.groups:
                 drop_caches()
-                secs, got = self.timed(t, "ranged gets", lambda: ref.parallel_read("big", cfg.size))
+                secs, got = self.timed(t, "ranged gets", lambda: ref.parallel_read("big", cfg.size),
+                                       prime=cfg.size)
                 self.record("read_cold", t, got / MiB / secs, "MiB/s")
             if "random" in cfg.groups:
                 for block in (4 * KiB, 64 * KiB):
@@ -313,7 +320,9 @@ def header(cfg: Config, env: Env, r: Results, argv: list[str], wall: float, skip
         "(higher is better). "
         "Cold: page cache dropped (`echo 3 > /proc/sys/vm/drop_caches`), target's disk cache emptied, "
         "fresh mount. Writes are timed from open to close plus, for write-back peers, until the backend "
-        "(the directory, or a HEAD/LIST on S3) shows the data; the raw disk's write is not fsync'ed.",
+        "(the directory, or a HEAD/LIST on S3) shows the data; the raw disk's write is not fsync'ed. "
+        "Before each large write and each cold or warm sequential read, an untimed write and delete of as "
+        "many bytes primes memory, so no target pays alone for memory the VM handed back to its host.",
         f"- Random reads: {cfg.random_count} aligned reads (same offsets for every target) or "
         f"{cfg.random_seconds:.0f} s, whichever ends first. Small files: 4 KiB each, "
         f"{wl.FILES_PER_DIR} per directory.",
