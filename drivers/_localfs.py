@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 TEMP_PREFIX = ".vaultfs-tmp-"
 #: Names in the root starting with this are never containers (room for internal state).
 RESERVED_PREFIX = ".vaultfs"
-#: The extended attribute holding ``{"metadata": {...}, "version": "..."}`` as JSON.
+#: The extended attribute holding ``{"metadata": {...}, "version": "..."}`` as JSON, deflated.
 META_XATTR = "user.vaultfs.meta"
 #: First byte of a deflated record; records written by earlier versions are plain JSON and start with ``{``.
 _DEFLATED = b"\x01"
@@ -59,6 +59,7 @@ _DICTIONARY = (
     b'"mtime":"1796121234","uid":"1000","vfs-mtime-ns":"1796121234"},"version":"0123456789abcdef"}'
     b'{"metadata":{"gid":"0","mode":"33188","mtime":"17","uid":"0","vfs-mtime-ns":"17'
 )
+_MAX_RECORD = 64 << 10
 #: The usual file-system limit on one path component.
 MAX_SEGMENT_BYTES = 255
 
@@ -167,7 +168,10 @@ def read_record(target: str | int) -> Record:
     try:
         if raw.startswith(_DEFLATED):
             inflate = zlib.decompressobj(-zlib.MAX_WBITS, zdict=_DICTIONARY)
-            raw = inflate.decompress(raw[1:]) + inflate.flush()
+            # An attribute holds at most 64 KiB; so does its record (a crafted one must not inflate to more).
+            raw = inflate.decompress(raw[1:], _MAX_RECORD)
+            if inflate.unconsumed_tail:
+                raise ValueError("record larger than 64 KiB")
         record = json.loads(raw)
         metadata = record.get("metadata", {})
         version = record.get("version", "")

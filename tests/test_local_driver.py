@@ -828,7 +828,9 @@ def test_foreign_files_and_damaged_xattr(driver: LocalDriver, root: Path) -> Non
     (root / C / "foreign").write_bytes(b"made outside")
     info = driver.stat(C, "foreign")
     assert info.metadata == {} and info.size == 12
-    for damaged in (b"{not json", b"\x01not deflated", b"\x01" + zlib.compress(b"{}")):
+    bomb = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    too_large = b"\x01" + bomb.compress(b'{"metadata":{"k":"' + b"v" * (1 << 20) + b'"}}') + bomb.flush()
+    for damaged in (b"{not json", b"\x01not deflated", b"\x01" + zlib.compress(b"{}"), too_large):
         os.setxattr(root / C / "foreign", META_XATTR, damaged)
         assert driver.stat(C, "foreign").metadata == {}
     assert read(driver, "foreign") == b"made outside"
