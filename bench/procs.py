@@ -120,9 +120,11 @@ def prime_memory(directory: Path, size: int) -> None:
 
     On this VM, memory freed by a page-cache drop or by an exiting process goes back to the host, and the
     next program to take that much memory pays to fault it in again: right after an S3 upload, the
-    passthrough wrote 339 MiB/s on one run and 1,372 on the next.  Priming before a timed step that takes
-    fresh memory (a large write, a cold read) makes every target start from the same state instead of
-    whichever ran first after the last drop paying for all.
+    passthrough wrote 339 MiB/s on one run and 1,372 on the next.  The prime's pages are freed again at
+    its unlink, but the guest hands free memory back only later and in batches, so the timed step that
+    follows at once gets them still backed.  Priming before a step that takes fresh memory (a large write,
+    a cold read) makes every target start from the same state instead of whichever ran first after the
+    last drop paying for all.
     """
     chunk = b"\0" * (1 << 20)
     path = directory / "prime-memory"

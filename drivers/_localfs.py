@@ -50,15 +50,19 @@ RESERVED_PREFIX = ".vaultfs"
 META_XATTR = "user.vaultfs.meta"
 #: First byte of a deflated record; records written by earlier versions are plain JSON and start with ``{``.
 _DEFLATED = b"\x01"
-#: What typical records look like (vaultfs's mode, owner and time keys, a version token), so that one
-#: deflates to under 60 bytes: ext4 keeps an attribute value that small inside a 256-byte inode, and a
-#: cold listing then reads no extra disk block per file.  Part of the stored format: never change it,
-#: add a new first byte instead.
+#: What records usually hold: the s3fs-fuse attribute keys (``mode``, ``uid``, ``gid``, ``mtime``) with
+#: common values, a nanosecond mtime and a version token.  Deflated against it, such a record takes at
+#: most about 60 bytes, and ext4 keeps an attribute value that small inside a 256-byte inode: a cold
+#: listing then reads no extra disk block per file.  Part of the stored format: never change it; a new
+#: dictionary needs a new first byte.
 _DICTIONARY = (
-    b'{"metadata":{"content-type":"application/octet-stream","gid":"1000","mode":"16877","mode":"33261",'
-    b'"mtime":"1796121234","uid":"1000","vfs-mtime-ns":"1796121234"},"version":"0123456789abcdef"}'
-    b'{"metadata":{"gid":"0","mode":"33188","mtime":"17","uid":"0","vfs-mtime-ns":"17'
+    b'"mode":"41471","mode":"16877","mode":"33261","mode":"33204","gid":"65534","uid":"65534","gid":"1001",'
+    b'"uid":"1001","gid":"1000","mode":"16893","mtime":"1796121234","uid":"1000","vfs-mtime-ns":"1796121234"}'
+    b',"version":"0123456789abcdef"}{"metadata":{"gid":"0","mode":"33188","mtime":"17","uid":"0",'
+    b'"vfs-mtime-ns":"17'
 )
+#: Bounds the memory a crafted value can take; a real record (metadata of at most 2 KiB, JSON-escaped)
+#: inflates to far less.
 _MAX_RECORD = 64 << 10
 #: The usual file-system limit on one path component.
 MAX_SEGMENT_BYTES = 255
@@ -168,10 +172,9 @@ def read_record(target: str | int) -> Record:
     try:
         if raw.startswith(_DEFLATED):
             inflate = zlib.decompressobj(-zlib.MAX_WBITS, zdict=_DICTIONARY)
-            # An attribute holds at most 64 KiB; so does its record (a crafted one must not inflate to more).
             raw = inflate.decompress(raw[1:], _MAX_RECORD)
-            if inflate.unconsumed_tail:
-                raise ValueError("record larger than 64 KiB")
+            if inflate.unconsumed_tail or not inflate.eof or inflate.unused_data:
+                raise ValueError("deflated record truncated, padded or too large")
         record = json.loads(raw)
         metadata = record.get("metadata", {})
         version = record.get("version", "")

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drivers._localfs import META_XATTR, TEMP_PREFIX, read_record
+from drivers._localfs import META_XATTR, TEMP_PREFIX, encode_record, read_record
 from drivers.base import ArtifactInfo, Prefix
 from drivers.errors import (
     AccessDenied,
@@ -809,11 +809,37 @@ def test_a_typical_record_fits_inside_an_ext4_inode(driver: LocalDriver, root: P
     # ext4 keeps a value of up to 60 bytes inside a 256-byte inode; a larger one costs a disk block per
     # file, read on every cold listing.
     now = time.time_ns()
-    for uid, mode in (("0", "33188"), ("1000", "33261"), ("1000", "16877")):
-        meta = {"gid": uid, "mode": mode, "mtime": str(now // 10**9), "uid": uid, "vfs-mtime-ns": str(now)}
-        put(driver, "typical", b"x", metadata=meta)
-        assert len(os.getxattr(root / C / "typical", META_XATTR)) <= 60
-        assert driver.stat(C, "typical").metadata == meta
+    for uid in ("0", "1000", "1001", "65534"):
+        for mode in ("33188", "33261", "16877", "41471"):
+            meta = {
+                "gid": uid,
+                "mode": mode,
+                "mtime": str(now // 10**9),
+                "uid": uid,
+                "vfs-mtime-ns": str(now),
+            }
+            put(driver, "typical", b"x", metadata=meta)
+            assert len(os.getxattr(root / C / "typical", META_XATTR)) <= 60, (uid, mode)
+            assert driver.stat(C, "typical").metadata == meta
+
+
+def test_the_stored_record_format_is_stable(driver: LocalDriver, root: Path) -> None:
+    # Written by this version's encoder; its dictionary must never change, or such records become unreadable.
+    stored = (
+        b"\x01\xc3f\x1c\xaa\x9f0M$\xd9O`\x0f\x80\xbc\x82\xe69\x03CC##c\xe3\xc4\xc4\xa4\xa4\xe4\xe4"
+        b"\x94\x14\xa5Z\x00"
+    )
+    (root / C / "stored").write_bytes(b"kept")
+    os.setxattr(root / C / "stored", META_XATTR, stored)
+    info = driver.stat(C, "stored")
+    assert info.metadata == {
+        "gid": "1000",
+        "mode": "33188",
+        "mtime": "1796121234",
+        "uid": "1000",
+        "vfs-mtime-ns": "1796121234567890123",
+    }
+    assert info.etag.endswith("-00112233aabbccdd")
 
 
 def test_records_written_as_plain_json_are_still_read(driver: LocalDriver, root: Path) -> None:
@@ -830,7 +856,9 @@ def test_foreign_files_and_damaged_xattr(driver: LocalDriver, root: Path) -> Non
     assert info.metadata == {} and info.size == 12
     bomb = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
     too_large = b"\x01" + bomb.compress(b'{"metadata":{"k":"' + b"v" * (1 << 20) + b'"}}') + bomb.flush()
-    for damaged in (b"{not json", b"\x01not deflated", b"\x01" + zlib.compress(b"{}"), too_large):
+    whole = encode_record({"k": "v"}, "")
+    damaged_values = (b"{not json", b"\x01not deflated", b"\x01" + zlib.compress(b"{}"), too_large)
+    for damaged in (*damaged_values, whole[:-1], whole + b"\x00"):
         os.setxattr(root / C / "foreign", META_XATTR, damaged)
         assert driver.stat(C, "foreign").metadata == {}
     assert read(driver, "foreign") == b"made outside"
