@@ -110,6 +110,21 @@ def status_kib(pid: int, field: str) -> int:
     return 0
 
 
+def tree_cpu_seconds(pid: int | None) -> float:
+    """User plus system CPU time of a process and its descendants so far (0 for None or a gone process)."""
+    if pid is None:
+        return 0.0
+    ticks = 0
+    for p in descendants(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def tree_peak_rss(pid: int) -> int:
     """Peak resident set (VmHWM) of a process and its descendants, in bytes."""
     return sum(status_kib(p, "VmHWM") for p in descendants(pid)) * 1024

@@ -29,6 +29,9 @@ class Results:
     rss: dict[str, tuple[int, str]] = field(default_factory=dict)
     load: list[float] = field(default_factory=list)  # 1-minute load average as each target run began
     ops: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)  # driver calls in a step
+    # CPU seconds in a step (last run): the target's daemon, the S3 server, the benchmark process
+    # (the boto3 client, or the program reading and writing through a mount), and the step's wall time.
+    cpu: dict[tuple[str, str], tuple[float, float, float, float]] = field(default_factory=dict)
 
     def add(self, workload: str, target: str, value: float) -> None:
         self.samples.setdefault((workload, target), []).append(value)
@@ -175,6 +178,27 @@ def ops_table(r: Results) -> list[str]:
                 cells.append(", ".join(f"{op} {n:,}" for op, n in shown) or "none")
         if any(c != DASH for c in cells):
             lines.append(f"| {w.label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+#: The workloads whose CPU use the report shows: the large transfers, where CPU is what runs out.
+CPU_WORKLOADS = ("write_1m", "read_cold", "read_warm")
+
+
+def cpu_table(r: Results) -> list[str]:
+    """CPU seconds of daemon, S3 server and client in the large transfers: ``0.93 + 0.77 + 0.13 in 1.2 s``."""
+    cols = [t for t in r.targets if any((w, t) in r.cpu for w in CPU_WORKLOADS)]
+    if not cols:
+        return []
+    lines = ["| workload | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for w in r.workloads:
+        if w.key not in CPU_WORKLOADS:
+            continue
+        cells = []
+        for t in cols:
+            cpu = r.cpu.get((w.key, t))
+            cells.append(DASH if cpu is None else "{:.2f} + {:.2f} + {:.2f} in {:.2f} s".format(*cpu))
+        lines.append(f"| {w.label} | " + " | ".join(cells) + " |")
     return lines
 
 

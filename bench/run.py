@@ -33,7 +33,7 @@ from typing import Any
 import procs
 import report
 import workloads as wl
-from procs import drop_caches, prime_memory, watchdog
+from procs import drop_caches, prime_memory, tree_cpu_seconds, watchdog
 from report import DASH, Results, Workload
 from s3 import BenchServer, Boto3Reference
 from targets import ALL_TARGETS, Env, Target, build, find_binary, version_of
@@ -105,6 +105,7 @@ class Bench:
         self.pattern = wl.make_pattern()
         self.names = wl.small_names(cfg.files)
         self.ops: Counter[str] | None = None  # driver calls during the last timed step, where known
+        self.cpu: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # see Results.cpu
 
     # --- helpers ------------------------------------------------------------------------------
     def timed(self, t: Target, what: str, fn: Callable[[], Any], prime: int = 0) -> tuple[float, Any]:
@@ -116,18 +117,30 @@ class Bench:
             prime_memory(self.env.base, prime)
         os.sync()
         before = t.driver_ops()
+        cpu_before = self.cpu_now(t)
         with watchdog(self.cfg.timeout, t.kill, f"{t.name}: {what}"):
             began = time.perf_counter()
             out = fn()
             took = time.perf_counter() - began
+        cpu_after = self.cpu_now(t)
         after = t.driver_ops()
         self.ops = after - before if before is not None and after is not None else None
+        (d1, s1, c1), (d0, s0, c0) = cpu_after, cpu_before
+        self.cpu = (d1 - d0, s1 - s0, c1 - c0, took)
         return took, out
+
+    def cpu_now(self, t: Target) -> tuple[float, float, float]:
+        """CPU seconds so far of the target's daemon, the S3 server (for an S3 target) and this process."""
+        daemon = t.daemon.pid if t.daemon is not None else None
+        server = self.env.server.process if t.backend == "s3" and self.env.server is not None else None
+        me = os.times()
+        return tree_cpu_seconds(daemon), tree_cpu_seconds(server and server.pid), me.user + me.system
 
     def record(self, key: str, t: Target, value: float, unit: str) -> None:
         self.res.add(key, t.name, value)
         if self.ops is not None:
             self.res.ops[(key, t.name)] = dict(self.ops)
+        self.res.cpu[(key, t.name)] = self.cpu
         log.info("  %-18s %-11s %12s %s", t.name, key, report.fmt(value), unit)
 
     def wait_for(self, t: Target, what: str, check: Callable[[], bool]) -> None:
@@ -484,6 +497,14 @@ def write_report(cfg: Config, env: Env, r: Results, targets: list[Target], argv:
                  "Driver calls the daemon counted (`vaultfs_driver_operations_total`) during the step, "
                  "last run.",
                  "", *ops, ""]
+    cpu = report.cpu_table(r)
+    if cpu:
+        text += ["## CPU time in the large transfers", "",
+                 "CPU seconds (user + system) during the step, last run: the target's daemon + the S3 "
+                 "server + the benchmark process (the boto3 client, or the program reading or writing "
+                 f"through the mount), then the step's wall time. The machine has {os.cpu_count()} CPUs, "
+                 "shared by all three and the kernel's own work (page cache, FUSE, network).",
+                 "", *cpu, ""]
     rss = report.rss_table(r)
     if rss:
         text += ["## Daemon peak RSS", "",
@@ -497,7 +518,9 @@ def write_report(cfg: Config, env: Env, r: Results, targets: list[Target], argv:
     out.write_text("\n".join(text))
     samples = {f"{w}/{t}": v for (w, t), v in r.samples.items()}
     driver_ops = {f"{w}/{t}": v for (w, t), v in r.ops.items()}
-    dump = {"samples": samples, "errors": r.errors, "rss": r.rss, "load": r.load, "driver_ops": driver_ops}
+    cpu_seconds = {f"{w}/{t}": v for (w, t), v in r.cpu.items()}
+    dump = {"samples": samples, "errors": r.errors, "rss": r.rss, "load": r.load, "driver_ops": driver_ops,
+            "cpu_seconds": cpu_seconds}
     out.with_suffix(".json").write_text(json.dumps(dump, indent=1) + "\n")
     print("\n".join(text))
     log.info("report written to %s", out)
