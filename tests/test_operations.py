@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
 import io
 import os
 import stat
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -533,6 +535,42 @@ def test_listings_without_metadata_use_the_attribute_index(tmp_path: Path) -> No
 
     run(list_again)
     assert driver.stats <= 2  # the lookups of /b and /b/d, never one per listed file
+
+
+class IndexBeforeListing(ListsLikeS3):
+    """A listing of a directory waits (up to a bound) for a read of that directory's attribute index to
+    start, and notes whether one did."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.index_reads: dict[str, threading.Event] = collections.defaultdict(threading.Event)
+        self.overlapped: list[bool] = []
+
+    def get(self, container: str, artifact: str, offset: int = 0, length: int | None = None) -> Any:
+        if artifact.endswith(INDEX_NAME):
+            self.index_reads[artifact[: -len(INDEX_NAME)]].set()
+        return super().get(container, artifact, offset, length)
+
+    def list(self, container: str, prefix: str = "", *args: Any, **kwargs: Any) -> Any:
+        self.overlapped.append(self.index_reads[prefix].wait(5))
+        return super().list(container, prefix, *args, **kwargs)
+
+
+def test_a_cold_listing_reads_the_attribute_index_at_the_same_time(tmp_path: Path) -> None:
+    # Two requests in one round trip: a cold `ls` of a directory on S3 waits for the slower, not both.
+    driver = IndexBeforeListing()
+    driver.create_container("b")
+    driver.put("b", "d/f", io.BytesIO(b"x"))
+    world = World(tmp_path, driver)
+
+    async def main() -> None:
+        d = world.ns.get(await world.ino("/b/d"))
+        driver.overlapped.clear()
+        entries, _ = await world.ns.list_page(d, None)
+        assert [name for name, _ in entries] == ["f"]
+
+    run(main)
+    assert driver.overlapped == [True]
 
 
 def test_a_file_replaced_by_another_client_does_not_get_stale_attributes(tmp_path: Path) -> None:

@@ -502,14 +502,21 @@ class Namespace:
         """
         if node.is_root:
             return [(name, Entry(Kind.DIR)) for name in await self.backend.containers()], None
-        items = await self.backend.list_page(
+        listing = functools.partial(
+            self.backend.list_page,
             node.container,
             prefix=node.key,
             delimiter="/",
             start_after=None if after is None else node.key + after,
             limit=PAGE,
         )
-        known = await self._dir_index(node, after is None)
+        if after is None and self.index is not None:
+            # A listing that starts over reads the directory's attribute index again: both requests
+            # at once, so a cold directory costs one round trip, not two.
+            items = (await run_all([listing, functools.partial(self._load_index, node)]))[0]
+        else:
+            items = await listing()
+        known = await self._dir_index(node)
         out: dict[str, Entry] = {}
         for item in items:
             name = item.name[len(node.key) :]
@@ -560,14 +567,19 @@ class Namespace:
             node.children_expires = time.monotonic() + self.dir_ttl
             node.negative.clear()
 
-    async def _dir_index(self, node: Node, reload: bool) -> dict[str, tuple[str, dict[str, str]]]:
-        """The attribute index of directory ``node`` (read again when a listing starts over)."""
+    async def _load_index(self, node: Node) -> None:
+        """Read the attribute index of directory ``node`` (again)."""
+        if self.index is not None:
+            node.attr_index = await self.index.load(node.container, node.key)
+
+    async def _dir_index(self, node: Node) -> dict[str, tuple[str, dict[str, str]]]:
+        """The attribute index of directory ``node``, read once per listing from the start."""
         if self.index is None:
             return {}
-        if reload or node.attr_index is None:
-            node.attr_index = await self.index.load(node.container, node.key)
+        if node.attr_index is None:
+            await self._load_index(node)
         # What this mount wrote in the last second is not in the stored index yet.
-        return self.index.with_pending(node.container, node.key, node.attr_index)
+        return self.index.with_pending(node.container, node.key, node.attr_index or {})
 
     def _complete_from_memory(self, parent: Node, name: str, entry: Entry) -> None:
         """Fill a listed entry lacking metadata from the node we already hold for it, if still current."""
