@@ -537,40 +537,46 @@ def test_listings_without_metadata_use_the_attribute_index(tmp_path: Path) -> No
     assert driver.stats <= 2  # the lookups of /b and /b/d, never one per listed file
 
 
-class IndexBeforeListing(ListsLikeS3):
-    """A listing of a directory waits (up to a bound) for a read of that directory's attribute index to
-    start, and notes whether one did."""
+class ListingMeetsIndex(ListsLikeS3):
+    """Once armed, a directory's listing and the read of its attribute index each wait (up to a bound)
+    for the other to start, and note whether it did: both are in flight at once only if both did."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.index_reads: dict[str, threading.Event] = collections.defaultdict(threading.Event)
-        self.overlapped: list[bool] = []
+        self.armed = False
+        self.started: dict[tuple[str, str], threading.Event] = collections.defaultdict(threading.Event)
+        self.met: list[bool] = []
+
+    def _meet(self, mine: str, other: str, directory: str) -> None:
+        if self.armed:
+            self.started[(mine, directory)].set()
+            self.met.append(self.started[(other, directory)].wait(5))
 
     def get(self, container: str, artifact: str, offset: int = 0, length: int | None = None) -> Any:
         if artifact.endswith(INDEX_NAME):
-            self.index_reads[artifact[: -len(INDEX_NAME)]].set()
+            self._meet("index", "list", artifact[: -len(INDEX_NAME)])
         return super().get(container, artifact, offset, length)
 
     def list(self, container: str, prefix: str = "", *args: Any, **kwargs: Any) -> Any:
-        self.overlapped.append(self.index_reads[prefix].wait(5))
+        self._meet("list", "index", prefix)
         return super().list(container, prefix, *args, **kwargs)
 
 
 def test_a_cold_listing_reads_the_attribute_index_at_the_same_time(tmp_path: Path) -> None:
-    # Two requests in one round trip: a cold `ls` of a directory on S3 waits for the slower, not both.
-    driver = IndexBeforeListing()
+    # Both requests in one round trip: a cold `ls` of a directory on S3 waits for the slower, not both.
+    driver = ListingMeetsIndex()
     driver.create_container("b")
     driver.put("b", "d/f", io.BytesIO(b"x"))
     world = World(tmp_path, driver)
 
     async def main() -> None:
         d = world.ns.get(await world.ino("/b/d"))
-        driver.overlapped.clear()
+        driver.armed = True
         entries, _ = await world.ns.list_page(d, None)
         assert [name for name, _ in entries] == ["f"]
 
     run(main)
-    assert driver.overlapped == [True]
+    assert driver.met == [True, True]
 
 
 def test_a_file_replaced_by_another_client_does_not_get_stale_attributes(tmp_path: Path) -> None:

@@ -513,7 +513,7 @@ class Namespace:
         if after is None and self.index is not None:
             # A listing that starts over reads the directory's attribute index again: both requests
             # at once, so a cold directory costs one round trip, not two.
-            items = (await run_all([listing, functools.partial(self._load_index, node)]))[0]
+            items, _ = await run_all([listing, functools.partial(self._load_index, node)])
         else:
             items = await listing()
         known = await self._dir_index(node)
@@ -567,19 +567,22 @@ class Namespace:
             node.children_expires = time.monotonic() + self.dir_ttl
             node.negative.clear()
 
-    async def _load_index(self, node: Node) -> None:
-        """Read the attribute index of directory ``node`` (again)."""
-        if self.index is not None:
-            node.attr_index = await self.index.load(node.container, node.key)
+    async def _load_index(self, node: Node) -> dict[str, tuple[str, dict[str, str]]]:
+        """Read the attribute index of directory ``node`` (again) and keep it on the node."""
+        assert self.index is not None
+        node.attr_index = await self.index.load(node.container, node.key)
+        return node.attr_index
 
     async def _dir_index(self, node: Node) -> dict[str, tuple[str, dict[str, str]]]:
-        """The attribute index of directory ``node``, read once per listing from the start."""
+        """The attribute index of directory ``node``, loaded if not held yet (``list_page`` reads it
+        again when a listing starts over), plus this mount's updates not written yet."""
         if self.index is None:
             return {}
-        if node.attr_index is None:
-            await self._load_index(node)
+        held = node.attr_index
+        if held is None:
+            held = await self._load_index(node)
         # What this mount wrote in the last second is not in the stored index yet.
-        return self.index.with_pending(node.container, node.key, node.attr_index or {})
+        return self.index.with_pending(node.container, node.key, held)
 
     def _complete_from_memory(self, parent: Node, name: str, entry: Entry) -> None:
         """Fill a listed entry lacking metadata from the node we already hold for it, if still current."""
