@@ -130,25 +130,6 @@ def tree_peak_rss(pid: int) -> int:
     return sum(status_kib(p, "VmHWM") for p in descendants(pid)) * 1024
 
 
-def prime_memory(directory: Path, size: int) -> None:
-    """Write ``size`` bytes to a scratch file in ``directory`` and delete it, untimed.
-
-    On this VM, memory freed by a page-cache drop or by an exiting process goes back to the host, and the
-    next program to take that much memory pays to fault it in again: right after an S3 upload, the
-    passthrough wrote 339 MiB/s on one run and 1,372 on the next.  The prime's pages are freed again at
-    its unlink, but the guest hands free memory back only later and in batches, so the timed step that
-    follows at once gets them still backed.  Priming before a step that takes fresh memory (a large write,
-    a cold read) makes every target start from the same state instead of whichever ran first after the
-    last drop paying for all.
-    """
-    chunk = b"\0" * (1 << 20)
-    path = directory / "prime-memory"
-    with open(path, "wb") as f:
-        for _ in range(0, size, len(chunk)):
-            f.write(chunk)
-    path.unlink()
-
-
 def drop_caches() -> bool:
     """Write dirty pages back and drop the page, dentry and inode caches; False if not permitted."""
     global _warned_drop

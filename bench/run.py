@@ -33,7 +33,7 @@ from typing import Any
 import procs
 import report
 import workloads as wl
-from procs import drop_caches, prime_memory, tree_cpu_seconds, watchdog
+from procs import drop_caches, tree_cpu_seconds, watchdog
 from report import DASH, Results, Workload
 from s3 import BenchServer, Boto3Reference
 from targets import ALL_TARGETS, Env, Target, build, find_binary, version_of
@@ -70,6 +70,7 @@ class Config:
         self.random_count = a.random_count or (300 if quick else 1000)
         self.random_seconds = a.random_seconds or (5.0 if quick else 10.0)
         self.timeout = a.timeout
+        self.prime = not a.no_prime
         self.groups = set(a.only.split(",")) if a.only else set(GROUPS)
         self.targets = a.targets.split(",") if a.targets else list(ALL_TARGETS)
         self.write_blocks = [4 * KiB, 128 * KiB, MiB]  # 1 MiB last: its file is the one read back
@@ -111,10 +112,10 @@ class Bench:
     def timed(self, t: Target, what: str, fn: Callable[[], Any], prime: int = 0) -> tuple[float, Any]:
         """Time ``fn`` under a watchdog that kills the daemon to unblock us; returns (seconds, result).
 
-        ``prime``: bytes of memory the step takes fresh (see :func:`procs.prime_memory`), primed untimed.
+        ``prime``: bytes of memory the step takes fresh, primed first, untimed (see :meth:`prime_memory`).
         """
-        if prime:
-            prime_memory(self.env.base, prime)
+        if prime and self.cfg.prime:
+            self.prime_memory(prime)
         os.sync()
         before = t.driver_ops()
         cpu_before = self.cpu_now(t)
@@ -128,6 +129,20 @@ class Bench:
         (d1, s1, c1), (d0, s0, c0) = cpu_after, cpu_before
         self.cpu = (d1 - d0, s1 - s0, c1 - c0, took)
         return took, out
+
+    def prime_memory(self, size: int) -> None:
+        """Write ``size`` bytes to a scratch file and delete it.
+
+        On this VM, memory freed by a page-cache drop or by an exiting process goes back to the host, and
+        the next program to take that much memory pays to fault it in again.  The prime's pages are freed
+        again at its unlink, but the guest hands free memory back only later and in batches, so the timed
+        step that follows at once gets them still backed.  Priming before a step that takes fresh memory
+        (a large write, a cold read) makes every target start from the same state instead of whichever
+        ran first after the last drop paying for all; ``--no-prime`` shows the difference.
+        """
+        path = self.env.base / "prime-memory"
+        wl.seq_write(path, size, MiB, self.pattern)
+        path.unlink()
 
     def cpu_now(self, t: Target) -> tuple[float, float, float]:
         """CPU seconds so far of the target's daemon, the S3 server (for an S3 target) and this process."""
@@ -334,8 +349,9 @@ def header(cfg: Config, env: Env, r: Results, argv: list[str], wall: float, skip
         "Cold: page cache dropped (`echo 3 > /proc/sys/vm/drop_caches`), target's disk cache emptied, "
         "fresh mount. Writes are timed from open to close plus, for write-back peers, until the backend "
         "(the directory, or a HEAD/LIST on S3) shows the data; the raw disk's write is not fsync'ed. "
-        "Before each large write and each cold or warm sequential read, an untimed write and delete of as "
-        "many bytes primes memory, so no target pays alone for memory the VM handed back to its host.",
+        + ("Before each large write and each cold or warm sequential read, an untimed write and delete of "
+           "as many bytes primes memory, so no target pays alone for memory the VM handed back to its host."
+           if cfg.prime else "Memory is not primed (`--no-prime`)."),
         f"- Random reads: {cfg.random_count} aligned reads (same offsets for every target) or "
         f"{cfg.random_seconds:.0f} s, whichever ends first. Small files: 4 KiB each, "
         f"{wl.FILES_PER_DIR} per directory.",
@@ -369,6 +385,8 @@ def main() -> int:
     p.add_argument("--vaultfs-rev", help="benchmark vaultfs as committed at this git revision (a read-only "
                    "`git archive` snapshot) instead of the working tree")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (logs) afterwards")
+    p.add_argument("--no-prime", action="store_true",
+                   help="skip priming memory before large writes and cold reads (to see what it changes)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cfg = Config(args)
