@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,8 @@ import trio
 
 from drivers.base import ArtifactInfo
 from drivers.errors import AccessDenied, Unavailable
-from vaultfs.writeback import RECORD_PREFIX, Upload, WriteBack
+from vaultfs import writeback
+from vaultfs.writeback import HEDGE_MAX, RECORD_PREFIX, Upload, WriteBack
 
 
 class FakeBackend:
@@ -344,3 +346,77 @@ def test_a_replaced_version_keeps_its_record_until_the_newer_one_is_safe(tmp_pat
         assert not (tmp_path / "v1").exists()
 
     trio.run(main)
+
+
+def test_calibrate_times_a_journal_write_and_a_crash_in_it_leaves_nothing_to_upload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    wb = WriteBack(tmp_path, "b", FakeBackend().put, concurrency=1)
+    assert wb.calibrate() == wb.journal_cost > 0
+    assert list(tmp_path.iterdir()) == []
+    # What a crash in the middle of the probe leaves: neither replayed nor reported as lost data.
+    (tmp_path / f"{RECORD_PREFIX}probe-data.tmp").write_bytes(bytes(4096))
+    (tmp_path / f"{RECORD_PREFIX}probe.tmp").write_text("{}")
+    (tmp_path / f"{RECORD_PREFIX}probe.probe").write_text("{}")
+    again = WriteBack(tmp_path, "b", FakeBackend().put, concurrency=1)
+    assert again.replay() == []
+    assert "not uploaded" not in caplog.text
+    again.calibrate()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_slow_backend_gets_small_files_journaled_as_soon_as_a_record_would_pay(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A long longest wait: a close that waited for it would trip the fail_after below.
+    monkeypatch.setattr(writeback, "HEDGE_MAX", 5.0)
+    fake = FakeBackend()
+    fake.delay = 0.5  # a remote server: a PUT takes far longer than a local journal record
+    wb = WriteBack(tmp_path, "b", fake.put, concurrency=4)
+    wb.calibrate()
+    assert wb.hedge == 5.0  # nothing is known of the backend yet: it may be quick
+
+    async def main() -> None:
+        first = await wb.submit("c", "f1", stage(tmp_path, "s1", b"one"), {}, 3, 0)
+        assert first.journal == "none" and ("c", "f1") in fake.stored
+        assert wb.upload_time >= 0.5
+        # Now a close waits only as long as a record costs, then writes one.
+        assert wb.hedge == wb.journal_cost < 0.5
+        fake.gate = trio.Event()
+        with trio.fail_after(2.5):
+            second = await wb.submit("c", "f2", stage(tmp_path, "s2", b"two"), {}, 3, 0)
+        assert second.journal == "durable" and second.safe.is_set()
+        assert [r["artifact"] for r in records(tmp_path)] == ["f2"]
+        assert fake.running == 1  # its upload goes on
+        fake.gate.set()
+        await wb.sync("c", "f2")
+
+    with_workers(wb, main)
+    assert {k: v[0] for k, v in fake.stored.items()} == {("c", "f1"): b"one", ("c", "f2"): b"two"}
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_quick_backend_stores_small_files_without_journal_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_durable = WriteBack._make_durable
+
+    def slow_disk(self: WriteBack, data: Path, record: Path, body: str) -> None:
+        time.sleep(0.02)  # a journal record costs 20 ms here, a PUT about 1 ms
+        make_durable(self, data, record, body)
+
+    monkeypatch.setattr(WriteBack, "_make_durable", slow_disk)
+    fake = FakeBackend()
+    wb = WriteBack(tmp_path, "b", fake.put, concurrency=4)
+    assert wb.calibrate() >= 0.02
+
+    async def main() -> None:
+        for i in range(5):
+            up = await wb.submit("c", f"f{i}", stage(tmp_path, f"s{i}", b"x"), {}, 1, 0)
+            assert up.journal == "none" and up.safe.is_set()
+        assert 0 < wb.upload_time < wb.journal_cost
+        assert wb.hedge == HEDGE_MAX
+
+    with_workers(wb, main)
+    assert len(fake.stored) == 5
+    assert list(tmp_path.iterdir()) == []

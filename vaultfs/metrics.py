@@ -139,6 +139,16 @@ WRITEBACK_PENDING_BYTES = Gauge(
 WRITEBACK_OLDEST_AGE = Gauge(
     "vaultfs_writeback_oldest_age_seconds", "Age of the oldest pending upload (0 when none).", ["backend"]
 )
+WRITEBACK_HEDGE = Gauge(
+    "vaultfs_writeback_hedge_seconds",
+    "How long a close waits for a small file's upload before it journals the file instead.",
+    ["backend"],
+)
+WRITEBACK_JOURNALED = Counter(
+    "vaultfs_writeback_journaled_total",
+    "Closes that wrote a journal record because the upload outlasted the hedge.",
+    ["backend"],
+)
 WRITEBACK_FAILURES = Counter(
     "vaultfs_writeback_failures_total", "Upload attempts from the write-back queue that failed.", ["backend"]
 )
