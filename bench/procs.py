@@ -12,6 +12,7 @@ import ctypes
 import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -250,3 +251,10 @@ def watchdog(seconds: float, on_expiry: Callable[[], None], what: str) -> Iterat
         timer.cancel()
     if fired.is_set():
         raise TimeoutError(f"{what} took over {seconds:.0f}s")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -71,6 +71,7 @@ class Config:
         self.random_seconds = a.random_seconds or (5.0 if quick else 10.0)
         self.timeout = a.timeout
         self.prime = not a.no_prime
+        self.s3_latency = a.s3_latency / 1000
         self.groups = set(a.only.split(",")) if a.only else set(GROUPS)
         self.targets = a.targets.split(",") if a.targets else list(ALL_TARGETS)
         self.write_blocks = [4 * KiB, 128 * KiB, MiB]  # 1 MiB last: its file is the one read back
@@ -351,7 +352,10 @@ def header(cfg: Config, env: Env, r: Results, argv: list[str], wall: float, skip
         "(the directory, or a HEAD/LIST on S3) shows the data; the raw disk's write is not fsync'ed. "
         + ("Before each large write and each cold or warm sequential read, an untimed write and delete of "
            "as many bytes primes memory, so no target pays alone for memory the VM handed back to its host."
-           if cfg.prime else "Memory is not primed (`--no-prime`)."),
+           if cfg.prime else "Memory is not primed (`--no-prime`).")
+        + (f" Every S3 target (boto3 too) talks to the server through a proxy that delays each byte by "
+           f"{1000 * cfg.s3_latency:g} ms each way (`--s3-latency`): a server a network away."
+           if cfg.s3_latency else ""),
         f"- Random reads: {cfg.random_count} aligned reads (same offsets for every target) or "
         f"{cfg.random_seconds:.0f} s, whichever ends first. Small files: 4 KiB each, "
         f"{wl.FILES_PER_DIR} per directory.",
@@ -385,6 +389,9 @@ def main() -> int:
     p.add_argument("--vaultfs-rev", help="benchmark vaultfs as committed at this git revision (a read-only "
                    "`git archive` snapshot) instead of the working tree")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (logs) afterwards")
+    p.add_argument("--s3-latency", type=float, default=0.0, metavar="MS",
+                   help="delay every byte to and from the S3 server by MS milliseconds each way "
+                        "(a proxy, bench/latency.py): a remote server instead of one on this machine")
     p.add_argument("--no-prime", action="store_true",
                    help="skip priming memory before large writes and cold reads (to see what it changes)")
     args = p.parse_args()
@@ -434,6 +441,10 @@ def main() -> int:
                 env.server = BenchServer(find_binary("weed"))
                 took = env.server.start()
                 log.info("SeaweedFS at %s (ready in %.1fs)", env.server.endpoint, took)
+                if cfg.s3_latency:
+                    env.server.add_latency(cfg.s3_latency)
+                    log.info("S3 targets go through %s, %.1f ms each way", env.server.endpoint,
+                             1000 * cfg.s3_latency)
                 env.client = env.server.bench_client()
         env.versions = collect_versions(targets)
         for t in targets:

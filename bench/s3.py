@@ -21,6 +21,8 @@ import boto3
 from botocore.config import Config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from latency import LatencyProxy
+from procs import free_port
 from s3server import SeaweedServer  # the tests' fixture, reused as a library
 
 log = logging.getLogger("bench")
@@ -28,7 +30,25 @@ MiB = 1 << 20
 
 
 class BenchServer(SeaweedServer):
-    """``weed mini`` as the tests pin it, with volumes sized for gigabyte objects."""
+    """``weed mini`` as the tests pin it, with volumes sized for gigabyte objects; optionally
+    behind a :class:`~latency.LatencyProxy`, whose address is then :attr:`endpoint`."""
+
+    proxy: LatencyProxy | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return self.proxy.endpoint if self.proxy is not None else super().endpoint
+
+    def add_latency(self, delay: float) -> None:
+        """Put a proxy delaying each byte by ``delay`` seconds each way in front of the S3 port."""
+        self.proxy = LatencyProxy(free_port(), self.port("s3"), delay)
+        self.proxy.wait_ready()
+
+    def close(self) -> None:
+        if self.proxy is not None:
+            self.proxy.close()
+            self.proxy = None
+        super().close()
 
     def command(self) -> list[str]:
         cmd = super().command()

@@ -12,7 +12,6 @@ import contextlib
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from procs import Daemon
+from procs import Daemon, free_port
 from s3 import BenchServer, count_objects, object_size
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -77,12 +76,6 @@ def vaultfs_command(env: Env) -> list[str]:
     if env.vaultfs_src is None:
         return [find_binary("vaultfs") or "vaultfs"]
     return [sys.executable, "-c", "import sys; from vaultfs.cli import main; sys.exit(main())"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 _DRIVER_OP = re.compile(r'^vaultfs_driver_operations_total\{([^}]*)\} ([0-9.e+]+)$')
