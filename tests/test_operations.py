@@ -9,6 +9,7 @@ import io
 import os
 import stat
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -577,6 +578,53 @@ def test_a_cold_listing_reads_the_attribute_index_at_the_same_time(tmp_path: Pat
 
     run(main)
     assert driver.met == [True, True]
+
+
+class StatsSideBySide(ListsLikeS3):
+    """Counts its stats and how many ran at once at most; each takes a little while, like a HEAD."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = 0
+        self.most = 0
+        self.lock = threading.Lock()
+
+    def stat(self, container: str, artifact: str) -> ArtifactInfo:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            time.sleep(0.01)
+            return super().stat(container, artifact)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_lookups_one_after_another_fetch_the_next_names_metadata_together(tmp_path: Path) -> None:
+    # Objects another tool uploaded: the directory has no attribute index, the listing no metadata,
+    # so each file's lookup needs a HEAD; cp -r or cat * look them up one after another.
+    driver = StatsSideBySide()
+    driver.create_container("b")
+    names = [f"f{i:02d}" for i in range(40)]
+    for name in names:
+        driver.put("b", f"d/{name}", io.BytesIO(b"x"))
+    world = World(tmp_path, driver, ttl=60)
+    waited: list[int] = []
+
+    async def main() -> None:
+        d = await world.ino("/b/d")
+        for name in names:
+            before = driver.stats
+            await world.ops.lookup(d, name.encode(), CTX)
+            waited.append(driver.stats - before)
+
+    driver.stats = 0
+    run(main)
+    assert waited[0] == 1  # a lone lookup costs one request
+    assert sum(waited) == len(names)  # every name's metadata fetched once, none wasted
+    assert sum(1 for n in waited if n) <= 8  # not 40 round trips: 1, 2, 3, 5, 9, 17, then the rest
+    assert driver.most > 8
 
 
 def test_a_file_replaced_by_another_client_does_not_get_stale_attributes(tmp_path: Path) -> None:

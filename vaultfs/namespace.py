@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import trio
 
 from drivers.base import ArtifactInfo, Prefix
-from drivers.errors import NotFound
+from drivers.errors import DriverError, NotFound
 
 from . import attrs
 from .attrindex import INDEX_NAME, AttrIndex
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 ROOT_INODE = 1
 #: Listings longer than this are paged from the backend each time instead of cached.
 MAX_CACHED_LISTING = 10_000
+#: The most names after a looked-up one whose metadata a lookup fetches at the same time.
+STAT_AHEAD_MAX = 16
 #: Sorts after every key below a prefix, to resume a listing past a whole "directory".
 PAST_PREFIX = "\U0010ffff"
 PAGE = 1000
@@ -89,6 +91,7 @@ class Node:
     attr_index: dict[str, tuple[str, dict[str, str]]] | None = None
     children_expires: float = 0.0
     too_big_until: float = 0.0  # too large to list for a lookup: probe names one by one until then
+    stat_ahead: int = 0  # names after a looked-up one whose metadata the next lookup here also fetches
     negative: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -401,8 +404,7 @@ class Namespace:
                 # Listings (S3's) carry no metadata: a lookup by name fetches it,
                 # so stat and rsync see true modes and times while ls -l costs
                 # no request per entry.
-                entry = await self._complete(parent, name, entry)
-                children[name] = entry
+                entry = await self._complete_ahead(parent, name, entry, children)
             return self.remember(parent, name, entry)
         try:
             entry = await self._probe(parent, name)
@@ -410,6 +412,38 @@ class Namespace:
             parent.negative[name] = now + self.dir_ttl
             raise
         return self.remember(parent, name, entry)
+
+    async def _complete_ahead(
+        self, parent: Node, name: str, entry: Entry, children: dict[str, Entry]
+    ) -> Entry:
+        """:meth:`_complete` ``name``, and at the same time the next names of the listing that lack
+        metadata too, so the lookups that follow (``cp -r``, ``cat *``, rsync) find theirs ready.
+
+        How many grows like read-ahead: none for the first lookup in a directory
+        (a lone ``stat`` costs one request), then 1, 2, 4 ... up to
+        :data:`STAT_AHEAD_MAX` while lookups there keep needing one.  The others'
+        failures (a name deleted meanwhile) are left for their own lookup.
+        """
+        names = list(children)
+        at = names.index(name)
+        ahead = [n for n in names[at + 1 :] if children[n].meta is None][: parent.stat_ahead]
+        parent.stat_ahead = min(STAT_AHEAD_MAX, max(1, 2 * parent.stat_ahead))
+
+        async def one() -> Entry:
+            return await self._complete(parent, name, entry)
+
+        async def other(n: str) -> None:
+            listed = children[n]
+            try:
+                done = await self._complete(parent, n, listed)
+            except DriverError:
+                return
+            if children.get(n) is listed:
+                children[n] = done
+
+        got = (await run_all([one, *(functools.partial(other, n) for n in ahead)]))[0]
+        children[name] = got
+        return got
 
     async def _complete(self, parent: Node, name: str, entry: Entry) -> Entry:
         """``entry`` with its metadata, from a stat of the artifact or directory marker."""
@@ -566,6 +600,7 @@ class Namespace:
             node.children = entries
             node.children_expires = time.monotonic() + self.dir_ttl
             node.negative.clear()
+            node.stat_ahead = 0  # a fresh listing: a lone stat in it costs one request again
 
     async def _load_index(self, node: Node) -> dict[str, tuple[str, dict[str, str]]]:
         """Read the attribute index of directory ``node`` (again) and keep it on the node."""
