@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -419,4 +420,39 @@ def test_a_quick_backend_stores_small_files_without_journal_records(
 
     with_workers(wb, main)
     assert len(fake.stored) == 5
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_metadata_change_while_a_stored_version_is_cleaned_up_never_loses_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # rsync's utimensat right after close, while the journaled version's upload has just ended
+    # and its record and staged data are being deleted in a worker thread.
+    unlinking, go_on = threading.Event(), threading.Event()
+    unlink = WriteBack._unlink
+
+    def held(self: WriteBack, up: Upload, shared: bool, recorded: bool) -> None:
+        unlinking.set()
+        go_on.wait(5)
+        unlink(self, up, shared, recorded)
+
+    monkeypatch.setattr(WriteBack, "_unlink", held)
+    fake = FakeBackend()
+    fake.gate = trio.Event()
+    wb = WriteBack(tmp_path, "b", fake.put, concurrency=1, hedge=0.0)  # every version journaled
+
+    async def main() -> tuple[bool, int]:
+        up = await wb.submit("c", "f", stage(tmp_path, "s", b"data"), {"m": "1"}, 4, 0)
+        assert up.journal == "durable"
+        fake.gate.set()
+        with trio.fail_after(5):
+            await trio.to_thread.run_sync(unlinking.wait)
+            # Stored: the change goes to the stored artifact, not into a version of deleted data.
+            amended = await wb.amend("c", "f", {"m": "2"})
+            go_on.set()
+            return amended, await wb.drain()
+
+    amended, left = with_workers(wb, main)
+    assert (amended, left) == (False, 0)
+    assert fake.stored[("c", "f")] == (b"data", {"m": "1"})
     assert list(tmp_path.iterdir()) == []

@@ -423,7 +423,11 @@ class WriteBack:
 
     async def _remove(self, up: Upload) -> None:
         """Finish a version that is safe or no longer needed: delete its record, if it has one, and
-        its data unless a pending version shares it."""
+        its data unless a pending version shares it.
+
+        ``up`` must have left the queue: only a pending version's data is ever submitted again
+        (:meth:`amend`), so what shares it now is all that can while the removal runs.
+        """
         if up.journal == "writing":
             await up.journaled.wait()  # the record must not appear after it was removed
         shared = any(other.staging == up.staging for other in self._all() if other is not up)
@@ -630,12 +634,15 @@ class WriteBack:
             up.error = None
             if up.size <= SMALL_FILE:
                 self._upload_timed(time.perf_counter() - started)
-            await self._made_safe(up)
-            await self._remove(up)
+            # Stored: no longer pending, before anything is awaited.  A metadata change from here on
+            # goes to the stored artifact instead of into a new version of this staged data, which
+            # _remove is about to delete (in a worker thread, after deciding nothing else uses it).
             del self._uploading[up.key]
             up.uploading = False
             if self.pending(*up.key) is None and self._on_stored is not None:
                 self._on_stored(up, info)
+            await self._made_safe(up)
+            await self._remove(up)
         finally:
             slots.release()
             event, up.attempted = up.attempted, trio.Event()
