@@ -146,7 +146,8 @@ WRITEBACK_HEDGE = Gauge(
 )
 WRITEBACK_JOURNALED = Counter(
     "vaultfs_writeback_journaled_total",
-    "Closes that wrote a journal record because the upload outlasted the hedge.",
+    "Journal records written: a close (or a metadata change of a pending file) whose upload had "
+    "not finished within the hedge, or had failed.",
     ["backend"],
 )
 WRITEBACK_FAILURES = Counter(

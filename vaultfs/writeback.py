@@ -10,8 +10,8 @@ on what both cost here: a record is timed at start-up
 small files' uploads):
 
 * a quick backend, whose small uploads take at most :data:`QUICK` times what
-  a record costs (a server on this machine or nearby, a local directory),
-  gets up to :data:`HEDGE_MAX`: it stores a small file with no local fsync at
+  a record costs and under :data:`HEDGE_MAX` (a server on this machine or
+  nearby, a local directory), gets up to :data:`HEDGE_MAX`: it stores a small file with no local fsync at
   all, where on a busy disk each fsync can cost more than such a PUT;
 * a slower or remote one gets as long as a record costs, then the record is
   written (the classic rent-or-buy answer): a close costs a millisecond or
@@ -186,8 +186,8 @@ class WriteBack:
     file; at most ``concurrency`` uploads run at once; ``on_stored`` hears when
     the newest pending version of an artifact is in the backend; ``hedge``
     fixes how long :meth:`submit` waits for an upload before journaling it
-    (by default :attr:`hedge` follows what uploads and journal records have
-    been timed to cost).
+    (by default :attr:`hedge` follows what uploads have been timed to take and
+    :meth:`calibrate` timed a journal record to cost).
     """
 
     def __init__(
@@ -210,7 +210,7 @@ class WriteBack:
         self._on_stored = on_stored
         self._retry_base = retry_base
         self._retry_max = retry_max
-        # A fixed hedge (tests), or None: what a journal record costs here, as timed.
+        # A fixed hedge (tests), or None: chosen from the timings below.
         self._hedge = hedge
         #: Seconds a journal record costs on this disk (:meth:`calibrate`).
         self.journal_cost = HEDGE_MAX
@@ -348,7 +348,7 @@ class WriteBack:
         """Seconds a small file's upload gets before :meth:`submit` journals it instead."""
         if self._hedge is not None:
             return self._hedge
-        if self.upload_time <= QUICK * self.journal_cost:
+        if self.upload_time <= min(HEDGE_MAX, QUICK * self.journal_cost):
             return HEDGE_MAX  # a quick backend: store small files with no local fsync at all
         # A slow or remote one: wait as long as a record costs, then write one (rent or buy).
         return min(HEDGE_MAX, self.journal_cost)
