@@ -13,7 +13,6 @@ connection forwards what it read once its delay is over, in order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import subprocess
 import sys
@@ -21,33 +20,39 @@ import time
 from pathlib import Path
 
 CHUNK = 1 << 16
+#: Chunks in flight per direction of a connection.
+QUEUED = 64
 
 
 async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
-    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+    """Forward one direction: each chunk once its delay is over, in order; an end of stream is passed
+    on as a half-close, so the other direction's answer still gets through."""
+    # Bounded: a sender that cannot keep up slows the reading side, as a network would.
+    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(QUEUED)
 
     async def forward() -> None:
         while True:
             due, data = await queue.get()
-            if not data:
-                break
             wait = due - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
+            if not data:
+                if writer.can_write_eof():
+                    writer.write_eof()
+                return
             writer.write(data)
             await writer.drain()
 
     sender = asyncio.create_task(forward())
     try:
-        while data := await reader.read(CHUNK):
-            queue.put_nowait((time.monotonic() + delay, data))
+        while not sender.done():
+            data = await reader.read(CHUNK)
+            await queue.put((time.monotonic() + delay, data))
+            if not data:
+                break
+        await sender
     except OSError:
-        pass
-    finally:
-        queue.put_nowait((0.0, b""))
-        with contextlib.suppress(OSError):
-            await sender
-        writer.close()
+        sender.cancel()
 
 
 async def _serve(listen: int, upstream: int, delay: float) -> None:
@@ -60,6 +65,8 @@ async def _serve(listen: int, upstream: int, delay: float) -> None:
         await asyncio.gather(
             _pump(client_r, server_w, delay), _pump(server_r, client_w, delay), return_exceptions=True
         )
+        server_w.close()
+        client_w.close()
 
     server = await asyncio.start_server(connection, "127.0.0.1", listen)
     async with server:

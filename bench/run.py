@@ -391,7 +391,8 @@ def main() -> int:
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (logs) afterwards")
     p.add_argument("--s3-latency", type=float, default=0.0, metavar="MS",
                    help="delay every byte to and from the S3 server by MS milliseconds each way "
-                        "(a proxy, bench/latency.py): a remote server instead of one on this machine")
+                        "(a proxy, bench/latency.py): a remote server instead of one on this machine; "
+                        "meant for --only small, the Python proxy also caps large transfers")
     p.add_argument("--no-prime", action="store_true",
                    help="skip priming memory before large writes and cold reads (to see what it changes)")
     args = p.parse_args()
