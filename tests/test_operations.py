@@ -29,7 +29,7 @@ from vaultfs.attrindex import INDEX_NAME, AttrIndex
 from vaultfs.backend import Backend
 from vaultfs.files import Files
 from vaultfs.fs import ERRNO, FsOptions, Operations, errno_of
-from vaultfs.namespace import ROOT_INODE, Namespace
+from vaultfs.namespace import ROOT_INODE, Namespace, Node
 from vaultfs.reader import Reader
 from vaultfs.writebehind import WINDOW
 
@@ -156,6 +156,7 @@ def run(fn: Callable[[], Awaitable[Any]]) -> Any:
         async with trio.open_nursery() as nursery:
             for world in WORLDS:
                 nursery.start_soon(world.files.writeback.run)
+                world.ns.start(nursery)
             result = await fn()
             nursery.cancel_scope.cancel()
         return result
@@ -581,16 +582,18 @@ def test_a_cold_listing_reads_the_attribute_index_at_the_same_time(tmp_path: Pat
 
 
 class StatsSideBySide(ListsLikeS3):
-    """Counts its stats and how many ran at once at most; each takes a little while, like a HEAD."""
+    """Notes each stat, and how many ran at once at most; each takes a little while, like a HEAD."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.asked: list[str] = []
         self.running = 0
         self.most = 0
         self.lock = threading.Lock()
 
     def stat(self, container: str, artifact: str) -> ArtifactInfo:
         with self.lock:
+            self.asked.append(artifact)
             self.running += 1
             self.most = max(self.most, self.running)
         try:
@@ -601,7 +604,9 @@ class StatsSideBySide(ListsLikeS3):
                 self.running -= 1
 
 
-def test_lookups_one_after_another_fetch_the_next_names_metadata_together(tmp_path: Path) -> None:
+def test_lookups_one_after_another_fetch_the_next_names_metadata_ahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Objects another tool uploaded: the directory has no attribute index, the listing no metadata,
     # so each file's lookup needs a HEAD; cp -r or cat * look them up one after another.
     driver = StatsSideBySide()
@@ -610,21 +615,46 @@ def test_lookups_one_after_another_fetch_the_next_names_metadata_together(tmp_pa
     for name in names:
         driver.put("b", f"d/{name}", io.BytesIO(b"x"))
     world = World(tmp_path, driver, ttl=60)
-    waited: list[int] = []
+    ahead: list[str] = []
+    fetch_ahead = Namespace._fetch_ahead
+
+    async def noted(self: Namespace, parent: Node, name: str, *args: Any) -> None:
+        ahead.append(name)
+        await fetch_ahead(self, parent, name, *args)
+
+    monkeypatch.setattr(Namespace, "_fetch_ahead", noted)
 
     async def main() -> None:
         d = await world.ino("/b/d")
+        driver.asked.clear()
         for name in names:
-            before = driver.stats
             await world.ops.lookup(d, name.encode(), CTX)
-            waited.append(driver.stats - before)
+            if name == "f00":
+                assert driver.asked == ["d/f00"]  # a lone lookup costs one request
 
-    driver.stats = 0
     run(main)
-    assert waited[0] == 1  # a lone lookup costs one request
-    assert sum(waited) == len(names)  # every name's metadata fetched once, none wasted
-    assert sum(1 for n in waited if n) <= 8  # not 40 round trips: 1, 2, 3, 5, 9, 17, then the rest
-    assert driver.most > 8
+    assert sorted(driver.asked) == [f"d/{n}" for n in names]  # each once, none wasted
+    # Not 40 round trips: f00, f01, f03, f06, f11, f20 and f37 ask for their own, in order.
+    assert len(names) - len(ahead) <= 8
+    assert driver.most > 1
+
+
+def test_a_lookup_off_the_order_fetches_nothing_ahead(tmp_path: Path) -> None:
+    driver = StatsSideBySide()
+    driver.create_container("b")
+    for i in range(20):
+        driver.put("b", f"d/f{i:02d}", io.BytesIO(b"x"))
+    world = World(tmp_path, driver, ttl=60)
+
+    async def main() -> None:
+        d = await world.ino("/b/d")
+        driver.asked.clear()
+        for name in ("f00", "f01", "f15", "f07"):  # f01 follows on from f00; f15 and f07 do not
+            await world.ops.lookup(d, name.encode(), CTX)
+        await trio.sleep(0.1)  # anything fetched ahead has been asked for by now
+
+    run(main)
+    assert sorted(driver.asked) == ["d/f00", "d/f01", "d/f02", "d/f07", "d/f15"]
 
 
 def test_a_file_replaced_by_another_client_does_not_get_stale_attributes(tmp_path: Path) -> None:

@@ -114,8 +114,10 @@ class Files:
         self._pin(of)
 
     def start(self, nursery: trio.Nursery) -> None:
-        """Start read-ahead, the write-back workers and the attribute index's writer in ``nursery``."""
+        """Start read-ahead, metadata look-ahead, the write-back workers and the attribute index's writer
+        in ``nursery``."""
         self.reader.start(nursery)
+        self.ns.start(nursery)
         nursery.start_soon(self.writeback.run)
         if self.ns.index is not None:
             nursery.start_soon(self.ns.index.run)

@@ -20,6 +20,7 @@ import collections
 import enum
 import functools
 import hashlib
+import itertools
 import logging
 import stat
 import time
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 import trio
 
 from drivers.base import ArtifactInfo, Prefix
-from drivers.errors import DriverError, NotFound
+from drivers.errors import NotFound
 
 from . import attrs
 from .attrindex import INDEX_NAME, AttrIndex
@@ -40,8 +41,10 @@ log = logging.getLogger(__name__)
 ROOT_INODE = 1
 #: Listings longer than this are paged from the backend each time instead of cached.
 MAX_CACHED_LISTING = 10_000
-#: The most names after a looked-up one whose metadata a lookup fetches at the same time.
+#: The most names after a looked-up one whose metadata a lookup fetches ahead.
 STAT_AHEAD_MAX = 16
+#: Requests fetching metadata ahead at a time, for the whole mount.
+STAT_AHEAD_WORKERS = 4
 #: Sorts after every key below a prefix, to resume a listing past a whole "directory".
 PAST_PREFIX = "\U0010ffff"
 PAGE = 1000
@@ -91,7 +94,8 @@ class Node:
     attr_index: dict[str, tuple[str, dict[str, str]]] | None = None
     children_expires: float = 0.0
     too_big_until: float = 0.0  # too large to list for a lookup: probe names one by one until then
-    stat_ahead: int = 0  # names after a looked-up one whose metadata the next lookup here also fetches
+    stat_ahead: int = 0  # how many names' metadata a lookup here fetches ahead (see _complete_ahead)
+    stat_ahead_next: str | None = None  # the first name after those fetched ahead
     negative: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -143,6 +147,10 @@ class Namespace:
         # lookup of a new name (every create) asks in O(1) instead of scanning every unflushed file.
         self._unflushed_below: collections.Counter[tuple[str, str]] = collections.Counter()
         self._loading: dict[int, trio.Event] = {}
+        # Metadata being fetched ahead, by (container, directory key, name); see _complete_ahead.
+        self._fetching_ahead: dict[tuple[str, str, str], trio.Event] = {}
+        self._ahead_limiter = trio.CapacityLimiter(STAT_AHEAD_WORKERS)
+        self._nursery: trio.Nursery | None = None
         self._nodes: dict[int, Node] = {}
         self._by_path: dict[tuple[str, str], int] = {}
         root = Node(ROOT_INODE, "", "", Kind.DIR, defaults.dir_mode, defaults.uid, defaults.gid)
@@ -150,6 +158,10 @@ class Namespace:
         root.mtime_ns = time.time_ns()
         self._nodes[ROOT_INODE] = root
         self._by_path[("", "")] = ROOT_INODE
+
+    def start(self, nursery: trio.Nursery) -> None:
+        """Fetch metadata ahead in ``nursery``; without it, each lookup fetches only its own."""
+        self._nursery = nursery
 
     # -- the table -------------------------------------------------------
     def __len__(self) -> int:
@@ -416,34 +428,57 @@ class Namespace:
     async def _complete_ahead(
         self, parent: Node, name: str, entry: Entry, children: dict[str, Entry]
     ) -> Entry:
-        """:meth:`_complete` ``name``, and at the same time the next names of the listing that lack
-        metadata too, so the lookups that follow (``cp -r``, ``cat *``, rsync) find theirs ready.
+        """:meth:`_complete` ``name``; and start fetching, in the background, the metadata of the
+        next names of the listing that lack it too, so the lookups that follow (``cp -r``,
+        ``cat *``, rsync) find theirs ready or on its way.
 
-        How many grows like read-ahead: none for the first lookup in a directory
-        (a lone ``stat`` costs one request), then 1, 2, 4 ... up to
-        :data:`STAT_AHEAD_MAX` while lookups there keep needing one.  The others'
-        failures (a name deleted meanwhile) are left for their own lookup.
+        How many grows like read-ahead: none for a lookup that does not follow
+        on from the last one here (a lone ``stat`` costs one request), then 1, 2,
+        4 ... up to :data:`STAT_AHEAD_MAX` while each lookup that needs a request
+        is for the name right after the ones fetched ahead.  Fetching ahead takes
+        at most :data:`STAT_AHEAD_WORKERS` requests at a time, never holds up this
+        lookup, and leaves the others' failures (a name deleted meanwhile) to
+        their own lookup.
         """
-        names = list(children)
-        at = names.index(name)
-        ahead = [n for n in names[at + 1 :] if children[n].meta is None][: parent.stat_ahead]
-        parent.stat_ahead = min(STAT_AHEAD_MAX, max(1, 2 * parent.stat_ahead))
-
-        async def one() -> Entry:
-            return await self._complete(parent, name, entry)
-
-        async def other(n: str) -> None:
-            listed = children[n]
-            try:
-                done = await self._complete(parent, n, listed)
-            except DriverError:
-                return
-            if children.get(n) is listed:
-                children[n] = done
-
-        got = (await run_all([one, *(functools.partial(other, n) for n in ahead)]))[0]
-        children[name] = got
+        where = (parent.container, parent.key, name)
+        pending = self._fetching_ahead.get(where)
+        if pending is not None:
+            await pending.wait()  # fetched ahead: share that request
+            fetched = children.get(name)
+            if fetched is not None and fetched.meta is not None:
+                return fetched
+            entry = fetched or entry  # it failed: ask again here, and see the error
+        elif name == parent.stat_ahead_next:
+            parent.stat_ahead = min(STAT_AHEAD_MAX, max(1, 2 * parent.stat_ahead))
+        else:
+            parent.stat_ahead = 0
+        if self._nursery is not None and name in children:  # gone while it was fetched ahead: no more
+            names = list(children)
+            later = (
+                n
+                for n in names[names.index(name) + 1 :]
+                if children[n].meta is None and (parent.container, parent.key, n) not in self._fetching_ahead
+            )
+            for n in itertools.islice(later, parent.stat_ahead):
+                self._fetching_ahead[(parent.container, parent.key, n)] = trio.Event()
+                self._nursery.start_soon(self._fetch_ahead, parent, n, children[n], children)
+            parent.stat_ahead_next = next(later, None)
+        got = await self._complete(parent, name, entry)
+        if children.get(name) is entry:
+            children[name] = got
         return got
+
+    async def _fetch_ahead(self, parent: Node, name: str, listed: Entry, children: dict[str, Entry]) -> None:
+        where = (parent.container, parent.key, name)
+        try:
+            async with self._ahead_limiter:
+                done = await self._complete(parent, name, listed)
+            if children.get(name) is listed:  # not changed or dropped meanwhile
+                children[name] = done
+        except Exception as exc:
+            log.debug("metadata of %s/%s%s not fetched ahead: %s", parent.container, parent.key, name, exc)
+        finally:
+            self._fetching_ahead.pop(where).set()
 
     async def _complete(self, parent: Node, name: str, entry: Entry) -> Entry:
         """``entry`` with its metadata, from a stat of the artifact or directory marker."""
@@ -600,7 +635,6 @@ class Namespace:
             node.children = entries
             node.children_expires = time.monotonic() + self.dir_ttl
             node.negative.clear()
-            node.stat_ahead = 0  # a fresh listing: a lone stat in it costs one request again
 
     async def _load_index(self, node: Node) -> dict[str, tuple[str, dict[str, str]]]:
         """Read the attribute index of directory ``node`` (again) and keep it on the node."""
