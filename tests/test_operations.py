@@ -29,7 +29,7 @@ from vaultfs.attrindex import INDEX_NAME, AttrIndex
 from vaultfs.backend import Backend
 from vaultfs.files import Files
 from vaultfs.fs import ERRNO, FsOptions, Operations, errno_of
-from vaultfs.namespace import ROOT_INODE, Namespace, Node
+from vaultfs.namespace import ROOT_INODE, Namespace
 from vaultfs.reader import Reader
 from vaultfs.writebehind import WINDOW
 
@@ -618,9 +618,9 @@ def test_lookups_one_after_another_fetch_the_next_names_metadata_ahead(
     ahead: list[str] = []
     fetch_ahead = Namespace._fetch_ahead
 
-    async def noted(self: Namespace, parent: Node, name: str, *args: Any) -> None:
-        ahead.append(name)
-        await fetch_ahead(self, parent, name, *args)
+    async def noted(self: Namespace, where: tuple[str, str, str], *args: Any) -> None:
+        ahead.append(where[2])
+        await fetch_ahead(self, where, *args)
 
     monkeypatch.setattr(Namespace, "_fetch_ahead", noted)
 

@@ -448,11 +448,20 @@ def test_a_metadata_change_while_a_stored_version_is_cleaned_up_never_loses_data
         assert up.journal == "durable"
         fake.gate.set()
         with trio.fail_after(5):
-            await trio.to_thread.run_sync(unlinking.wait)
+            assert await trio.to_thread.run_sync(unlinking.wait, 5)
             # Stored: the change goes to the stored artifact, not into a version of deleted data.
             amended = await wb.amend("c", "f", {"m": "2"})
-            go_on.set()
-            return amended, await wb.drain()
+            drained: list[int] = []
+
+            async def drain() -> None:
+                drained.append(await wb.drain())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(drain)
+                await trio.sleep(0.05)
+                assert drained == []  # an unmount waits for the cleanup: records must not outlive it
+                go_on.set()
+            return amended, drained[0]
 
     amended, left = with_workers(wb, main)
     assert (amended, left) == (False, 0)

@@ -44,7 +44,7 @@ MAX_CACHED_LISTING = 10_000
 #: The most names after a looked-up one whose metadata a lookup fetches ahead.
 STAT_AHEAD_MAX = 16
 #: Requests fetching metadata ahead at a time, for the whole mount.
-STAT_AHEAD_WORKERS = 4
+STAT_AHEAD_WORKERS = 8
 #: Sorts after every key below a prefix, to resume a listing past a whole "directory".
 PAST_PREFIX = "\U0010ffff"
 PAGE = 1000
@@ -460,16 +460,19 @@ class Namespace:
                 if children[n].meta is None and (parent.container, parent.key, n) not in self._fetching_ahead
             )
             for n in itertools.islice(later, parent.stat_ahead):
-                self._fetching_ahead[(parent.container, parent.key, n)] = trio.Event()
-                self._nursery.start_soon(self._fetch_ahead, parent, n, children[n], children)
+                at = (parent.container, parent.key, n)
+                self._nursery.start_soon(self._fetch_ahead, at, parent, n, children[n], children)
+                self._fetching_ahead[at] = trio.Event()
             parent.stat_ahead_next = next(later, None)
         got = await self._complete(parent, name, entry)
         if children.get(name) is entry:
             children[name] = got
         return got
 
-    async def _fetch_ahead(self, parent: Node, name: str, listed: Entry, children: dict[str, Entry]) -> None:
-        where = (parent.container, parent.key, name)
+    async def _fetch_ahead(
+        self, where: tuple[str, str, str], parent: Node, name: str, listed: Entry, children: dict[str, Entry]
+    ) -> None:
+        # ``where`` as it was when this was started: a rename may change parent.key meanwhile.
         try:
             async with self._ahead_limiter:
                 done = await self._complete(parent, name, listed)
@@ -478,7 +481,9 @@ class Namespace:
         except Exception as exc:
             log.debug("metadata of %s/%s%s not fetched ahead: %s", parent.container, parent.key, name, exc)
         finally:
-            self._fetching_ahead.pop(where).set()
+            fetched = self._fetching_ahead.pop(where, None)
+            if fetched is not None:
+                fetched.set()
 
     async def _complete(self, parent: Node, name: str, entry: Entry) -> Entry:
         """``entry`` with its metadata, from a stat of the artifact or directory marker."""

@@ -223,6 +223,8 @@ class WriteBack:
         self._queued: dict[Key, Upload] = {}
         # Being uploaded now; a newer version of the same artifact waits in _queued.
         self._uploading: dict[Key, Upload] = {}
+        # Stored, their records and data being removed (see _upload).
+        self._finishing: list[Upload] = []
         self._seq = 0
         self._wakeup = trio.Event()
 
@@ -430,7 +432,8 @@ class WriteBack:
         """
         if up.journal == "writing":
             await up.journaled.wait()  # the record must not appear after it was removed
-        shared = any(other.staging == up.staging for other in self._all() if other is not up)
+        others = (*self._finishing, *self._all())
+        shared = any(other.staging == up.staging for other in others if other is not up)
         recorded = up.journal == "durable"
         try:
             if recorded:
@@ -502,9 +505,9 @@ class WriteBack:
         self._changed()
         while True:
             remaining = self._all()
-            if not remaining:
+            if not remaining and not self._finishing:
                 return 0
-            if all(up.attempts > started.get(id(up), 0) for up in remaining):
+            if remaining and all(up.attempts > started.get(id(up), 0) for up in remaining):
                 return len({up.key for up in remaining})
             event = self._wakeup
             await event.wait()
@@ -639,10 +642,16 @@ class WriteBack:
             # _remove is about to delete (in a worker thread, after deciding nothing else uses it).
             del self._uploading[up.key]
             up.uploading = False
-            if self.pending(*up.key) is None and self._on_stored is not None:
-                self._on_stored(up, info)
-            await self._made_safe(up)
-            await self._remove(up)
+            # Until its cleanup is over, its data counts as shared (a version it replaced may hold
+            # the same staged file) and drain waits for it (its records must not outlive an unmount).
+            self._finishing.append(up)
+            try:
+                if self.pending(*up.key) is None and self._on_stored is not None:
+                    self._on_stored(up, info)
+                await self._made_safe(up)
+                await self._remove(up)
+            finally:
+                self._finishing.remove(up)
         finally:
             slots.release()
             event, up.attempted = up.attempted, trio.Event()
