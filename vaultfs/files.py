@@ -94,12 +94,8 @@ class Files:
         return len(self._handles)
 
     def resume(self) -> int:
-        """Queue the uploads a previous run left in the journal, and show their files; return how many.
-
-        Also times one journal write, which sets how long a close waits for an upload.
-        """
+        """Queue the uploads a previous run left in the journal, and show their files; return how many."""
         uploads = self.writeback.replay()
-        self.writeback.calibrate()
         for up in uploads:
             self._adopt(up)
         return len(uploads)

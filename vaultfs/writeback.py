@@ -5,7 +5,7 @@ the file belongs to write-back and is never written again (its owner copies it
 before writing more).  :meth:`WriteBack.submit` queues the upload at once and
 returns as soon as the version is either stored or durable in the journal.
 How long it waits for the upload before it writes the journal record depends
-on what both cost here: a record is timed at start-up
+on what both cost here: a record is timed as the workers start
 (:meth:`WriteBack.calibrate`), uploads as they end (the median of recent
 small files' uploads):
 
@@ -91,9 +91,10 @@ HEDGE_MAX = 0.05
 #: A backend is quick while its recent small uploads take at most this many times what a journal
 #: record costs.  Break-even (1) is not enough: a record costs more than the close sees (three
 #: fsyncs of staged data, record and directory, then the record's removal and another directory
-#: fsync, all competing with the uploads): with 2, 2,000 small creates ran about 15% slower on this
-#: project's machines, on the local driver (about 1.5 ms a file) and on a local S3 server (3 ms),
-#: against records timed at 0.6 ms.
+#: fsync, all competing with the uploads).  A first version that journaled once uploads took over
+#: about twice a record made 2,000 small creates about 15% slower on this project's machines, on
+#: the local driver (about 1.5 ms a file) and on a local S3 server (3 ms), against records timed
+#: at 0.6 ms; with 8 both stay quick.
 QUICK = 8
 #: Uploads of files up to this size are timed: a larger file's upload is about its data.
 SMALL_FILE = 1 << 20
@@ -364,8 +365,10 @@ class WriteBack:
         """Time a journal write on this disk (a probe record over 4 KiB of probe data, then
         removed; the quickest of :data:`PROBES`), keep it as :attr:`journal_cost` and return it.
 
-        Blocking; runs before the mount serves.  The probe's files carry the
-        journal's prefix and a suffix replay ignores, and are removed here
+        Blocking: :meth:`run` starts with it in a worker thread (unless the
+        hedge is fixed), so a slow disk's fsyncs do not delay the mount; until
+        it is done, closes wait as for a quick backend.  The probe's files carry
+        the journal's prefix and a suffix replay ignores, and are removed here
         first, so a crash in the middle leaves nothing replay would upload.
         """
         data = self.directory / f"{RECORD_PREFIX}probe-data.tmp"
@@ -600,6 +603,8 @@ class WriteBack:
         for up in self._queued.values():
             up.since = up.since or trio.current_time()
         async with trio.open_nursery() as nursery:
+            if self._hedge is None:
+                nursery.start_soon(trio.to_thread.run_sync, self.calibrate)
             while True:
                 await slots.acquire()
                 up = await self._next()
