@@ -218,6 +218,8 @@ class WriteBack:
         #: The median of recent small files' uploads, in seconds (0 until one has ended).
         self.upload_time = 0.0
         self._upload_times: collections.deque[float] = collections.deque(maxlen=TIMINGS)
+        #: Set once :meth:`run` has timed a journal record (at once with a fixed hedge).
+        self.calibrated = trio.Event()
         metrics.WRITEBACK_JOURNALED.labels(backend)  # exported as 0 until a close journals
         directory.mkdir(parents=True, exist_ok=True)
         # Waiting to start, in submission order; at most one version per artifact.
@@ -360,6 +362,13 @@ class WriteBack:
         # A median: one slow request must not change how every later close behaves.
         self._upload_times.append(seconds)
         self.upload_time = statistics.median(self._upload_times)
+
+    async def _calibrate_once(self) -> None:
+        try:
+            if self._hedge is None:
+                await trio.to_thread.run_sync(self.calibrate)
+        finally:
+            self.calibrated.set()
 
     def calibrate(self) -> float:
         """Time a journal write on this disk (a probe record over 4 KiB of probe data, then
@@ -603,8 +612,7 @@ class WriteBack:
         for up in self._queued.values():
             up.since = up.since or trio.current_time()
         async with trio.open_nursery() as nursery:
-            if self._hedge is None:
-                nursery.start_soon(trio.to_thread.run_sync, self.calibrate)
+            nursery.start_soon(self._calibrate_once)
             while True:
                 await slots.acquire()
                 up = await self._next()
