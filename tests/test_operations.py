@@ -641,6 +641,61 @@ def test_a_lookup_off_the_order_fetches_nothing_ahead(tmp_path: Path) -> None:
     assert sorted(driver.asked) == ["d/f00", "d/f01", "d/f02", "d/f07", "d/f15"]
 
 
+class ListingBehindUploads(ListsLikeS3):
+    """Once armed, a listing answers with what the store held when it was asked, but only when told
+    to; uploads wait while ``uploads`` is clear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.asked_listing = threading.Event()
+        self.answer = threading.Event()
+        self.uploads = threading.Event()
+        self.uploads.set()
+
+    def put(self, *args: Any, **kwargs: Any) -> Any:
+        self.uploads.wait(5)
+        return super().put(*args, **kwargs)
+
+    def list(self, *args: Any, **kwargs: Any) -> Any:
+        entries = list(super().list(*args, **kwargs))
+        if self.armed:
+            self.asked_listing.set()
+            self.answer.wait(5)
+        return iter(entries)
+
+
+def test_a_file_stored_while_its_directory_is_listed_stays_listed(tmp_path: Path) -> None:
+    # A journaled close: the upload ends after the LIST was asked (which therefore lacks the file)
+    # and before its answer is merged with the files not stored yet (which no longer hold it).
+    driver = ListingBehindUploads()
+    world = World(tmp_path, driver)
+
+    async def main() -> list[str]:
+        await world.mkdir("/b")
+        driver.uploads.clear()
+        info, _ = await world.ops.create(await world.ino("/b"), b"f", 0o100644, os.O_WRONLY, CTX)
+        await world.ops.write(info.fh, 0, b"data")
+        await world.ops.flush(info.fh)  # journaled: the upload is held
+        await world.ops.release(info.fh)
+        names: list[str] = []
+
+        async def listing() -> None:
+            entries, _ = await world.ns.list_page(world.ns.get(await world.ino("/b")), None)
+            names.extend(name for name, _ in entries)
+
+        driver.armed = True
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(listing)
+            assert await trio.to_thread.run_sync(driver.asked_listing.wait, 5)
+            driver.uploads.set()
+            await world.files.writeback.sync("b", "f")  # stored: no longer among the unflushed files
+            driver.answer.set()
+        return names
+
+    assert run(main) == ["f"]
+
+
 def test_a_file_replaced_by_another_client_does_not_get_stale_attributes(tmp_path: Path) -> None:
     driver = ListsLikeS3()
     world = World(tmp_path, driver)

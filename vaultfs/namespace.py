@@ -584,6 +584,9 @@ class Namespace:
             start_after=None if after is None else node.key + after,
             limit=PAGE,
         )
+        # Files stored while the listing is under way may be missing from both the listing (asked
+        # before their upload landed) and the unflushed table (left it since): note them first.
+        unflushed_before = self._unflushed_below_dir(node) if after is None else []
         if after is None and self.index is not None:
             # A listing that starts over reads the directory's attribute index again: both requests
             # at once, so a cold directory costs one round trip, not two.
@@ -613,10 +616,17 @@ class Namespace:
             elif name not in out:
                 out[name] = self._entry_of(item)
         if after is None:
-            for (container, key), new in self._unflushed.items():
-                name = key[len(node.key) :]
-                if container != node.container or not key.startswith(node.key):
-                    continue
+            unflushed_now = self._unflushed_below_dir(node)
+            still = set(unflushed_now)
+            stored_meanwhile = [
+                n
+                for n in unflushed_before
+                if n not in still
+                and n.key.startswith(node.key)
+                and self._by_path.get((n.container, n.key.rstrip("/"))) == n.ino  # not deleted since
+            ]
+            for new in (*stored_meanwhile, *unflushed_now):
+                name = new.key[len(node.key) :]
                 if "/" in name:
                     out.setdefault(name.split("/", 1)[0], Entry(Kind.DIR))  # kept alive by the new file
                 else:
@@ -633,6 +643,12 @@ class Namespace:
         if isinstance(last, Prefix):
             position += PAST_PREFIX  # skip the whole "directory", not just its first key
         return list(out.items()), position
+
+    def _unflushed_below_dir(self, node: Node) -> list[Node]:
+        """The unflushed files anywhere below directory ``node``."""
+        return [
+            n for (c, key), n in self._unflushed.items() if c == node.container and key.startswith(node.key)
+        ]
 
     def cache_listing(self, node: Node, entries: dict[str, Entry]) -> None:
         """Keep a complete listing of a not-too-large directory for ``dir_ttl``."""
