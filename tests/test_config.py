@@ -195,7 +195,7 @@ def test_unknown_top_level_and_section_keys(tmp_path: Path) -> None:
         "mount, logging",
         f"{path}: mount.atr_ttl: unknown key (did you mean 'attr_ttl'?); expected one of attr_ttl, dir_ttl, "
         "uid, gid, umask, allow_other, read_only, rename_limit, workers, upload_workers, timeout, retries, "
-        "read_ahead_max, writeback_cache, foreground",
+        "read_ahead_max, read_ahead_files, writeback_cache, foreground",
     ]
 
 

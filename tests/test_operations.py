@@ -9,6 +9,7 @@ import io
 import os
 import stat
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -83,15 +84,20 @@ class World:
     """
 
     def __init__(
-        self, tmp_path: Path, driver: MemoryDriver | None = None, ttl: float = 0.0, rename_limit: int = 100
+        self,
+        tmp_path: Path,
+        driver: MemoryDriver | None = None,
+        ttl: float = 0.0,
+        rename_limit: int = 100,
+        files_ahead: int = 0,
     ):
         self.driver = driver or MemoryDriver()
         self.backend = Backend("test", self.driver, retries=0, timeout=10)
         defaults = attrs.Defaults(uid=1000, gid=1000, umask=0o022)
         self.index = None if self.driver.lists_metadata else AttrIndex(self.backend)
         self.ns = Namespace(self.backend, defaults, attr_ttl=ttl, dir_ttl=ttl, index=self.index)
-        reader = Reader(self.backend, None, block_size=64 * 1024, read_ahead_max=0)
-        self.files = Files(self.ns, self.backend, reader, tmp_path / "staging")
+        reader = Reader(self.backend, None, block_size=64 * 1024, read_ahead_max=0, memory=2 << 20)
+        self.files = Files(self.ns, self.backend, reader, tmp_path / "staging", files_ahead=files_ahead)
         self.ops = Operations(
             self.backend, self.ns, self.files, FsOptions(attr_ttl=ttl, rename_limit=rename_limit)
         )
@@ -163,6 +169,7 @@ def run(fn: Callable[[], Awaitable[Any]]) -> Any:
             for world in WORLDS:
                 nursery.start_soon(world.files.writeback.run)
                 world.ns.start(nursery)
+                world.files.reader.start(nursery)
             for world in WORLDS:
                 await world.files.writeback.calibrated.wait()
             result = await fn()
@@ -639,6 +646,69 @@ def test_a_lookup_off_the_order_fetches_nothing_ahead(tmp_path: Path) -> None:
 
     run(main)
     assert sorted(driver.asked) == ["d/f00", "d/f01", "d/f02", "d/f07", "d/f15"]
+
+
+class NotesGets(MemoryDriver):
+    """A memory driver that notes which artifacts its gets asked for, each get taking ``delay``
+    seconds (a server a network away)."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        super().__init__()
+        self.delay = delay
+        self.got: list[str] = []
+
+    def get(self, container: str, artifact: str, offset: int = 0, length: int | None = None) -> Any:
+        self.got.append(artifact)
+        time.sleep(self.delay)
+        return super().get(container, artifact, offset, length)
+
+
+@pytest.mark.parametrize(
+    ("files_ahead", "delay"), [(16, 0.01), (0, 0.01), (16, 0.0)], ids=["slow gets", "off", "quick gets"]
+)
+def test_files_read_one_after_another_are_fetched_ahead(
+    tmp_path: Path, files_ahead: int, delay: float
+) -> None:
+    # cp -r, cat *, tar: each file read whole, in listing order.  Ahead of each read, the next
+    # files' gets are on their way; without, every read waits for its own, one after another.
+    # A backend that answers faster than fetching ahead costs (a server on this machine) is
+    # not fetched ahead.
+    driver = NotesGets(delay)
+    driver.create_container("b")
+    names = [f"d/f{i:02d}" for i in range(40)]
+    for i, name in enumerate(names):
+        driver.put("b", name, io.BytesIO(bytes([i]) * 1000))
+    world = World(tmp_path, driver, ttl=60, files_ahead=files_ahead)
+    asked_before_read = 0
+
+    async def main() -> None:
+        nonlocal asked_before_read
+        for i, name in enumerate(names):
+            asked_before_read += name in driver.got
+            assert await world.read_file(f"/b/{name}") == bytes([i]) * 1000
+
+    run(main)
+    assert sorted(driver.got) == names  # each fetched once, nothing past the last
+    if files_ahead and delay:
+        assert asked_before_read >= 30  # all but the first few, give or take a thread's start
+    else:
+        assert asked_before_read == 0
+
+
+def test_a_read_off_the_listing_order_fetches_no_other_file(tmp_path: Path) -> None:
+    driver = NotesGets(delay=0.01)
+    driver.create_container("b")
+    for i in range(20):
+        driver.put("b", f"d/f{i:02d}", io.BytesIO(b"x"))
+    world = World(tmp_path, driver, ttl=60, files_ahead=16)
+
+    async def main() -> None:
+        for name in ("f00", "f10", "f03", "f04", "f15"):  # only f04 follows on from the read before
+            await world.read_file(f"/b/d/{name}")
+        await trio.sleep(0.1)  # anything fetched ahead has been asked for by now
+
+    run(main)
+    assert sorted(driver.got) == ["d/f00", "d/f03", "d/f04", "d/f05", "d/f10", "d/f15"]
 
 
 class ListingBehindUploads(ListsLikeS3):

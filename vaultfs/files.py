@@ -37,6 +37,7 @@ from drivers.errors import DriverError
 
 from . import attrs, writebehind
 from .backend import Backend
+from .fileahead import FilesAhead
 from .namespace import Entry, Kind, Namespace, Node
 from .reader import Reader, ReadState
 from .writeback import Upload, WriteBack
@@ -74,10 +75,12 @@ class Files:
         reader: Reader,
         staging_dir: Path,
         upload_workers: int = 8,
+        files_ahead: int = 0,
     ) -> None:
         self.ns = namespace
         self.backend = backend
         self.reader = reader
+        self.ahead = FilesAhead(namespace, reader, files_ahead)
         self.staging_dir = staging_dir
         # A handed-over staging file is never written again (a later write copies it first), so
         # the driver may adopt it as the stored data (the local driver hard-links it) instead of copying.
@@ -201,6 +204,8 @@ class Files:
             # Pinned at the first read for as long as the file stays open: one version per open.
             node = of.node
             of.reading = ReadState(node.container, node.key, node.etag, node.size)
+            if offset == 0:
+                self.ahead.reading(node)
         return await self.reader.read(of.reading, offset, size)
 
     async def write(self, fh: int, offset: int, buf: bytes) -> int:

@@ -159,7 +159,9 @@ def build(plan: MountPlan) -> tuple[Operations, Files, Backend]:
         cache = BlockCache(Path(s.cache_dir) / "blocks" / plan.name, s.cache_size, s.cache_min_free)
         metrics.CACHE_BUDGET_BYTES.labels(plan.name).set(s.cache_size)
     reader = Reader(backend, cache, s.cache_block_size, s.read_ahead_max)
-    files = Files(ns, backend, reader, plan.staging_dir, upload_workers=s.upload_workers)
+    files = Files(
+        ns, backend, reader, plan.staging_dir, upload_workers=s.upload_workers, files_ahead=s.read_ahead_files
+    )
     # Before serving: files whose upload a crash or restart interrupted are shown and queued again.
     files.resume()
     # The kernel's own entry/attribute caches must not outlive ours.

@@ -31,6 +31,7 @@ other reads of the same file may run meanwhile and share the fetch.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import sys
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 #: also for the disk (a direct write waits for the device).  Read-ahead needs no
 #: such thing, its blocks are served as they arrive, before their write.
 WRITES_BEHIND = 4
+#: How many of the latest gets of one block :attr:`Reader.quickest_get` looks at, and how many it needs.
+GET_TIMINGS = 15
+GET_TIMINGS_NEEDED = 3
 #: Read-ahead fetches consecutive blocks with one ranged get of up to this many
 #: bytes: object stores pay a round trip per request, so larger gets go faster.
 FETCH_SIZE = 8 << 20
@@ -150,10 +154,34 @@ class Reader:
         self._inflight: dict[BlockKey, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         self._writes = trio.Semaphore(WRITES_BEHIND)
+        self._get_times: collections.deque[float] = collections.deque(maxlen=GET_TIMINGS)
 
     def start(self, nursery: trio.Nursery) -> None:
         """Run read-ahead in ``nursery``; without it, reads still work but nothing is fetched ahead."""
         self._nursery = nursery
+
+    @property
+    def quickest_get(self) -> float | None:
+        """Seconds the quickest of the last gets of one block took; None before a few have been made.
+
+        The quickest, not the typical: gets side by side wait for each other
+        (and for the CPU), the quickest shows what the backend itself costs.
+        """
+        return min(self._get_times) if len(self._get_times) >= GET_TIMINGS_NEEDED else None
+
+    @property
+    def spare_blocks(self) -> int:
+        """Blocks memory can take beside the largest read-ahead window without evicting it."""
+        return int(self._memory.maxsize) - self.max_window
+
+    def fetch_first_block(self, container: str, artifact: str, version: str, size: int) -> None:
+        """Start fetching, in the background, block 0 of another artifact that is about to be read.
+
+        It lands in memory (and the disk cache) like read-ahead; a read that asks
+        for it meanwhile waits for this get instead of sending its own.
+        """
+        if self._nursery is not None and size > 0:
+            self._nursery.start_soon(self._prefetch, ReadState(container, artifact, version, size), 0, 1)
 
     def _key(self, state: ReadState, index: int) -> BlockKey:
         return BlockKey(
@@ -233,8 +261,10 @@ class Reader:
                     claimed[key] = self._inflight[key] = trio.Event()
             try:
                 missing = list(claimed)
-                if self.cache is not None and missing:
-                    found = await self._from_disk(missing, state.size, claimed)
+                # Asking the index first spares a task per block the disk cache lacks (all, when cold).
+                on_disk = [key for key in missing if self.cache is not None and self.cache.may_hold(key)]
+                if on_disk:
+                    found = await self._from_disk(on_disk, state.size, claimed)
                     missing = [key for key in missing if key not in found]
                 for run in _contiguous(missing):
                     await self._fetch(run, state.size, claimed)
@@ -323,9 +353,12 @@ class Reader:
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(landed, i, block)
 
+        began = trio.current_time()
         data = await self.backend.read_blocks(
             first.container, first.artifact, offset, length, bs, self._pool.take, arrived
         )
+        if len(run) == 1:
+            self._get_times.append(trio.current_time() - began)
         metrics.CACHE_MISSES.labels(self.backend.name).inc(len(run))
         if self.cache is not None:
             # Fewer blocks than asked for only if the artifact changed behind our back.

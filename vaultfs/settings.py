@@ -313,6 +313,9 @@ class Settings:
     read_ahead_max: int = _setting("mount.read_ahead_max", "size", 32 << 20,
         "largest read-ahead window of a sequential reader; the daemon keeps up to twice this of read blocks"
         " in memory", minimum=0)
+    read_ahead_files: int = _setting("mount.read_ahead_files", "int", 16,
+        "most files of a directory read one after another whose first block is fetched ahead; 0 turns"
+        " it off", minimum=0)
     writeback_cache: bool = _setting("mount.writeback_cache", "bool", False,
         "let the kernel buffer small writes (FUSE writeback cache)")
     foreground: bool = _setting("mount.foreground", "bool", False,
