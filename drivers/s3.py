@@ -22,6 +22,7 @@ import os
 import stat
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping
 from typing import IO, Any, ClassVar, cast
 
@@ -166,6 +167,53 @@ def _timestamp(value: Any) -> datetime.datetime:
         except (ValueError, TypeError, IndexError):
             pass
     return cast(datetime.datetime, parse_timestamp(value))
+
+
+def _parse_listing_entries(
+    response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any
+) -> None:
+    """Parse the objects and common prefixes of a ListObjectsV2 page with ElementTree's C parser.
+
+    botocore parses each of a page's up to 1,000 objects field by field in Python:
+    11 ms a page here, beside the server's 9 ms to answer, and a cold ``find``
+    or ``ls -lR`` is mostly listing.  This handler of botocore's ``before-parse``
+    event parses the objects and prefixes itself (about a tenth of that), hands
+    them to botocore as the parsed page's ``Contents`` and ``CommonPrefixes``,
+    and leaves botocore only the page's few other fields to parse, so botocore's
+    own ``after-call`` handlers (URL-decoding the keys) still apply.  Anything
+    unexpected is left to botocore whole.
+    """
+    body = response_dict.get("body")
+    if response_dict.get("status_code") != 200 or not body:
+        return
+    try:
+        root = ET.fromstring(body)
+        ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        if root.tag != ns + "ListBucketResult":
+            return
+        objects, common = ns + "Contents", ns + "CommonPrefixes"
+        listed = [child for child in root if child.tag in (objects, common)]
+        contents = [
+            {
+                "Key": item.findtext(ns + "Key", ""),
+                "LastModified": _timestamp(item.findtext(ns + "LastModified", "")),
+                "ETag": item.findtext(ns + "ETag", ""),
+                "Size": int(item.findtext(ns + "Size", "0")),
+            }
+            for item in listed
+            if item.tag == objects
+        ]
+        prefixes = [{"Prefix": item.findtext(ns + "Prefix", "")} for item in listed if item.tag == common]
+        for item in listed:
+            root.remove(item)
+        rest = ET.tostring(root)
+    except (ET.ParseError, ValueError, TypeError):
+        return
+    if contents:
+        customized_response_dict["Contents"] = contents
+    if prefixes:
+        customized_response_dict["CommonPrefixes"] = prefixes
+    response_dict["body"] = rest
 
 
 def _etag(value: str) -> str:
@@ -359,6 +407,7 @@ class S3Driver(Driver):
         events.register("after-call-error.s3", self._on_failure)
         # After botocore's own handler of that event, which adds the header this one takes away.
         events.register("before-call.s3", _no_continue_for_small_puts)
+        events.register("before-parse.s3.ListObjectsV2", _parse_listing_entries)
         self._transfer_config = TransferConfig(
             multipart_threshold=options.multipart_threshold,
             multipart_chunksize=options.multipart_chunksize,

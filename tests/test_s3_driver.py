@@ -565,6 +565,32 @@ def test_listing_paginates_past_1000(driver: S3Driver, s3_server: SeaweedServer,
     assert list(driver.list(bucket, delimiter="/", start_after="n/00500")) == [Prefix("z/")]
 
 
+@pytest.mark.s3
+def test_listed_pages_match_what_botocore_parses(
+    driver: S3Driver, s3_server: SeaweedServer, bucket: str
+) -> None:
+    # The driver parses listed objects and prefixes itself (drivers/s3.py _parse_listing_entries);
+    # botocore's own parse of the same pages, by a plain client, is the reference.
+    names = ["ünïcødé/文件.txt", "with space", "percent%20", "plus+sign", "amp&lt;", 'quote"s', "a/b/c"]
+    names += [f"many/{i:04d}" for i in range(1005)]
+    raw = s3_server.client()
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda name: raw.put_object(Bucket=bucket, Key=name, Body=name.encode()), names))
+        for delimiter in ("", "/"):
+            reference: list[ArtifactInfo | Prefix] = []
+            for page in raw.get_paginator("list_objects_v2").paginate(Bucket=bucket, Delimiter=delimiter):
+                reference += [
+                    ArtifactInfo(o["Key"], o["Size"], o["LastModified"].timestamp(), o["ETag"].strip('"'))
+                    for o in page.get("Contents", [])
+                ]
+                reference += [Prefix(p["Prefix"]) for p in page.get("CommonPrefixes", [])]
+            listed = list(driver.list(bucket, delimiter=delimiter or None))
+            assert listed == sorted(reference, key=lambda e: e.name)
+    finally:
+        raw.close()
+
+
 # -- metadata and copies ------------------------------------------------------------
 @pytest.mark.s3
 def test_update_metadata_keeps_content(driver: S3Driver, s3_server: SeaweedServer, bucket: str) -> None:
