@@ -12,6 +12,7 @@ from typing import IO, Any
 
 import pytest
 import trio
+import trio.testing
 
 from drivers.memory import MemoryDriver
 from vaultfs.backend import Backend
@@ -379,3 +380,26 @@ def test_a_block_is_served_as_soon_as_it_arrives_not_when_its_whole_get_ends() -
             driver.release.set()
 
     run_reader(driver, None, sequential, read_ahead=8 * BS)
+
+
+def test_blocks_fetched_ahead_of_other_files_wait_unread_within_a_bound(tmp_path: Path) -> None:
+    # Read-ahead across files (vaultfs/fileahead.py) asks for the first block of files about to be
+    # read; for all directories together, no more than memory can keep beside the largest window
+    # wait unread, so none is evicted before its read and fetched twice.
+    driver = CountingDriver()
+    driver.create_container("c")
+    names = [f"f{i}" for i in range(10)]
+    versions = {name: driver.put("c", name, io.BytesIO(name.encode() * 100)).etag for name in names}
+
+    async def fn(reader: Reader) -> tuple[int, list[bool], bool, bool]:
+        started = [reader.fetch_first_block("c", n, versions[n], 200) for n in names]
+        again = reader.fetch_first_block("c", "f0", versions["f0"], 200)  # on its way: not asked twice
+        for name in names[:4]:
+            assert await reader.read(ReadState("c", name, versions[name], 200), 0, 200) == name.encode() * 100
+        return reader.spare_blocks, started, again, reader.fetch_first_block("c", "f9", versions["f9"], 200)
+
+    spare, started, again, after_reads = run_reader(driver, None, fn, memory=4 * BS)
+    assert spare == 4 and started == [True] * 4 + [False] * 6
+    assert again and after_reads  # reading them made room for more
+    asked = [g[0] for g in driver.gets if g[0] != "f9"]
+    assert sorted(asked) == names[:4]  # each fetched once: ahead, or by its read if that came first

@@ -703,12 +703,56 @@ def test_a_read_off_the_listing_order_fetches_no_other_file(tmp_path: Path) -> N
     world = World(tmp_path, driver, ttl=60, files_ahead=16)
 
     async def main() -> None:
-        for name in ("f00", "f10", "f03", "f04", "f15"):  # only f04 follows on from the read before
+        # The first three gets time the backend; then only f04 follows on from the read before.
+        for name in ("f19", "f18", "f17", "f00", "f10", "f03", "f04", "f15"):
             await world.read_file(f"/b/d/{name}")
         await trio.sleep(0.1)  # anything fetched ahead has been asked for by now
 
     run(main)
-    assert sorted(driver.got) == ["d/f00", "d/f03", "d/f04", "d/f05", "d/f10", "d/f15"]
+    expected = ["f00", "f03", "f04", "f05", "f10", "f15", "f17", "f18", "f19"]  # f05 fetched ahead
+    assert sorted(driver.got) == [f"d/{n}" for n in expected]
+
+
+def test_reading_every_few_files_fetches_nothing_ahead(tmp_path: Path) -> None:
+    driver = NotesGets(delay=0.01)
+    driver.create_container("b")
+    for i in range(40):
+        driver.put("b", f"d/f{i:02d}", io.BytesIO(b"x"))
+    world = World(tmp_path, driver, ttl=60, files_ahead=16)
+    read = ["f39", "f38", "f37", "f00", "f04", "f08", "f12", "f16", "f20"]  # three time the backend
+
+    async def main() -> None:
+        for name in read:
+            await world.read_file(f"/b/d/{name}")
+        await trio.sleep(0.1)
+
+    run(main)
+    assert sorted(driver.got) == sorted(f"d/{n}" for n in read)
+
+
+def test_empty_files_and_directories_between_do_not_stop_fetching_ahead(tmp_path: Path) -> None:
+    # The kernel reads nothing of an empty file (nor of one whose pages it still holds), so the
+    # walk through a directory must go on past them, and past sub-directories.
+    driver = NotesGets(delay=0.01)
+    driver.create_container("b")
+    files = [f"d/f{i:02d}" for i in range(30)]
+    for i, name in enumerate(files):
+        driver.put("b", name, io.BytesIO(b"" if i % 3 == 2 else b"x"))
+        if i % 5 == 0:
+            driver.put("b", f"{name}-sub/inner", io.BytesIO(b"y"))
+    world = World(tmp_path, driver, ttl=60, files_ahead=16)
+    asked_before_read = 0
+    read = [name for i, name in enumerate(files) if i % 3 != 2]
+
+    async def main() -> None:
+        nonlocal asked_before_read
+        for name in read:
+            asked_before_read += name in driver.got
+            assert await world.read_file(f"/b/{name}") == b"x"
+
+    run(main)
+    assert sorted(driver.got) == read
+    assert asked_before_read >= len(read) - 6
 
 
 class ListingBehindUploads(ListsLikeS3):

@@ -154,8 +154,12 @@ def _read_blocks(
     block_size: int,
     new_block: Callable[[], bytearray],
     arrived: Callable[[int, bytearray], None] | None,
+    answered: Callable[[float], None] | None,
 ) -> list[bytearray]:
+    began = time.perf_counter()
     stream = driver.get(container, artifact, offset, length)
+    if answered is not None:
+        answered(time.perf_counter() - began)
     blocks: list[bytearray] = []
     try:
         remaining = length
@@ -373,6 +377,7 @@ class Backend:
         block_size: int,
         new_block: Callable[[], bytearray] | None = None,
         arrived: Callable[[int, bytearray], None] | None = None,
+        answered: Callable[[float], None] | None = None,
     ) -> list[bytearray]:
         """The bytes ``[offset, offset+length)`` as consecutive blocks of ``block_size``.
 
@@ -387,7 +392,10 @@ class Backend:
         in the worker thread as each block is complete (the driver no longer
         writes into it), so the caller can use it before the whole range is in;
         a retried call may report a block again, an abandoned attempt even
-        after the call has ended.
+        after the call has ended.  ``answered(seconds)`` is called in the worker
+        thread with how long the driver took to start answering (for S3, until
+        the response's headers): the backend's latency, without the transfer or
+        the wait for a worker thread.
         """
         if offset < 0 or length < 0 or block_size < 1:
             raise ValueError("offset and length must not be negative, block_size must be positive")
@@ -403,6 +411,7 @@ class Backend:
             block_size,
             new_block or (lambda: bytearray(block_size)),
             arrived,
+            answered,
         )
         self._count_bytes("read", sum(len(b) for b in blocks))
         return blocks

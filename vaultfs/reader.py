@@ -35,6 +35,7 @@ import collections
 import contextlib
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cachetools
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 #: also for the disk (a direct write waits for the device).  Read-ahead needs no
 #: such thing, its blocks are served as they arrive, before their write.
 WRITES_BEHIND = 4
-#: How many of the latest gets of one block :attr:`Reader.quickest_get` looks at, and how many it needs.
+#: How many of the latest gets :attr:`Reader.quickest_get` looks at, and how many it needs.
 GET_TIMINGS = 15
 GET_TIMINGS_NEEDED = 3
 #: Read-ahead fetches consecutive blocks with one ranged get of up to this many
@@ -91,13 +92,15 @@ class _Pool:
 class _Blocks(cachetools.LRUCache[BlockKey, "bytearray | memoryview"]):
     """The in-memory LRU of blocks; evicted buffers go back to the pool."""
 
-    def __init__(self, maxsize: int, pool: _Pool) -> None:
+    def __init__(self, maxsize: int, pool: _Pool, evicted: Callable[[BlockKey], None]) -> None:
         super().__init__(maxsize=maxsize)
         self._pool = pool
+        self._evicted = evicted
 
     def popitem(self) -> tuple[BlockKey, bytearray | memoryview]:
         key, block = super().popitem()
         self._pool.give(block)
+        self._evicted(key)
         return key, block
 
 
@@ -150,7 +153,8 @@ class Reader:
         self._limiter = trio.CapacityLimiter(concurrency)
         # Spares only bridge an eviction and the next get: two runs are plenty.
         self._pool = _Pool(block_size, 2 * self.run_blocks)
-        self._memory = _Blocks(memory_blocks, self._pool)
+        self._ahead: set[BlockKey] = set()  # first blocks fetched ahead (fetch_first_block), not read yet
+        self._memory = _Blocks(memory_blocks, self._pool, self._ahead.discard)
         self._inflight: dict[BlockKey, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         self._writes = trio.Semaphore(WRITES_BEHIND)
@@ -162,10 +166,12 @@ class Reader:
 
     @property
     def quickest_get(self) -> float | None:
-        """Seconds the quickest of the last gets of one block took; None before a few have been made.
+        """Seconds the quickest of the latest gets took to start answering; None before a few.
 
-        The quickest, not the typical: gets side by side wait for each other
-        (and for the CPU), the quickest shows what the backend itself costs.
+        Timed in the worker thread, from the request until the answer starts
+        (the transfer and the wait for a thread left out), and the quickest, not
+        the typical: gets side by side wait for each other and for the CPU, the
+        quickest shows what the backend itself costs.
         """
         return min(self._get_times) if len(self._get_times) >= GET_TIMINGS_NEEDED else None
 
@@ -174,14 +180,22 @@ class Reader:
         """Blocks memory can take beside the largest read-ahead window without evicting it."""
         return int(self._memory.maxsize) - self.max_window
 
-    def fetch_first_block(self, container: str, artifact: str, version: str, size: int) -> None:
+    def fetch_first_block(self, container: str, artifact: str, version: str, size: int) -> bool:
         """Start fetching, in the background, block 0 of another artifact that is about to be read.
 
         It lands in memory (and the disk cache) like read-ahead; a read that asks
-        for it meanwhile waits for this get instead of sending its own.
+        for it meanwhile waits for this get instead of sending its own.  At most
+        :attr:`spare_blocks` such blocks wait unread in memory at a time, for all
+        directories together: False, and nothing fetched, when that many do.
         """
-        if self._nursery is not None and size > 0:
-            self._nursery.start_soon(self._prefetch, ReadState(container, artifact, version, size), 0, 1)
+        key = BlockKey(self.backend.name, container, artifact, version, 0, self.block_size)
+        if self._nursery is None or size <= 0 or key in self._ahead:
+            return True  # nothing to fetch, or on its way already
+        if len(self._ahead) >= self.spare_blocks:
+            return False
+        self._ahead.add(key)  # until read, evicted, or its get failed
+        self._nursery.start_soon(self._prefetch, ReadState(container, artifact, version, size), 0, 1)
+        return True
 
     def _key(self, state: ReadState, index: int) -> BlockKey:
         return BlockKey(
@@ -275,6 +289,8 @@ class Reader:
                     if self._inflight.get(key) is done:
                         del self._inflight[key]
                     done.set()
+                    if key not in self._memory:
+                        self._ahead.discard(key)  # failed: nothing waits unread
 
     async def _from_disk(
         self, keys: list[BlockKey], size: int, waiting: dict[BlockKey, trio.Event]
@@ -353,12 +369,16 @@ class Reader:
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(landed, i, block)
 
-        began = trio.current_time()
         data = await self.backend.read_blocks(
-            first.container, first.artifact, offset, length, bs, self._pool.take, arrived
+            first.container,
+            first.artifact,
+            offset,
+            length,
+            bs,
+            self._pool.take,
+            arrived,
+            self._get_times.append,  # in the worker thread: deque.append is atomic
         )
-        if len(run) == 1:
-            self._get_times.append(trio.current_time() - began)
         metrics.CACHE_MISSES.labels(self.backend.name).inc(len(run))
         if self.cache is not None:
             # Fewer blocks than asked for only if the artifact changed behind our back.
@@ -392,6 +412,7 @@ class Reader:
     async def block(self, state: ReadState, index: int) -> bytearray | memoryview:
         """Block ``index`` of the file, fetched at most once at a time."""
         key = self._key(state, index)
+        self._ahead.discard(key)
         while True:
             data = self._memory.get(key)
             if data is not None:
