@@ -83,9 +83,9 @@ def small_names(count: int) -> list[str]:
 
 
 def create_small(top: Path, names: list[str], pattern: bytes) -> None:
-    top.mkdir()
+    top.mkdir(exist_ok=True)  # a store may keep listing the emptied folder of an earlier run
     for d in sorted({n.split("/")[0] for n in names}):
-        (top / d).mkdir()
+        (top / d).mkdir(exist_ok=True)
     for i, name in enumerate(names):
         start = (i * SMALL_FILE_SIZE) % len(pattern)
         fd = os.open(top / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
