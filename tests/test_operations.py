@@ -695,39 +695,31 @@ def test_files_read_one_after_another_are_fetched_ahead(
         assert asked_before_read == 0
 
 
-def test_a_read_off_the_listing_order_fetches_no_other_file(tmp_path: Path) -> None:
-    driver = NotesGets(delay=0.01)
-    driver.create_container("b")
-    for i in range(20):
-        driver.put("b", f"d/f{i:02d}", io.BytesIO(b"x"))
-    world = World(tmp_path, driver, ttl=60, files_ahead=16)
-
-    async def main() -> None:
-        # The first three gets time the backend; then only f04 follows on from the read before.
-        for name in ("f19", "f18", "f17", "f00", "f10", "f03", "f04", "f15"):
-            await world.read_file(f"/b/d/{name}")
-        await trio.sleep(0.1)  # anything fetched ahead has been asked for by now
-
-    run(main)
-    expected = ["f00", "f03", "f04", "f05", "f10", "f15", "f17", "f18", "f19"]  # f05 fetched ahead
-    assert sorted(driver.got) == [f"d/{n}" for n in expected]
-
-
-def test_reading_every_few_files_fetches_nothing_ahead(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("order", "ahead"),
+    [
+        # The first three gets time the backend; then only f04 follows on from the read before it.
+        (["f39", "f38", "f37", "f00", "f10", "f03", "f04", "f15"], ["f05"]),
+        (["f39", "f38", "f37", "f00", "f04", "f08", "f12", "f16", "f20"], []),  # every fourth file
+    ],
+    ids=["jumps", "every fourth"],
+)
+def test_reads_off_the_listing_order_fetch_no_other_file(
+    tmp_path: Path, order: list[str], ahead: list[str]
+) -> None:
     driver = NotesGets(delay=0.01)
     driver.create_container("b")
     for i in range(40):
         driver.put("b", f"d/f{i:02d}", io.BytesIO(b"x"))
     world = World(tmp_path, driver, ttl=60, files_ahead=16)
-    read = ["f39", "f38", "f37", "f00", "f04", "f08", "f12", "f16", "f20"]  # three time the backend
 
     async def main() -> None:
-        for name in read:
+        for name in order:
             await world.read_file(f"/b/d/{name}")
-        await trio.sleep(0.1)
+        await trio.sleep(0.1)  # anything fetched ahead has been asked for by now
 
     run(main)
-    assert sorted(driver.got) == sorted(f"d/{n}" for n in read)
+    assert sorted(driver.got) == sorted(f"d/{n}" for n in order + ahead)
 
 
 def test_empty_files_and_directories_between_do_not_stop_fetching_ahead(tmp_path: Path) -> None:
