@@ -44,7 +44,6 @@ backend run concurrently up to ``workers``.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import io
@@ -72,9 +71,6 @@ T = TypeVar("T")
 
 #: Largest single read from a driver stream; bounds memory per worker thread.
 CHUNK_SIZE = 1 << 20
-#: :attr:`Backend.latency` is the quickest of this many recent answers, once it has this many.
-LATENCY_SAMPLES = 15
-LATENCY_NEEDED = 3
 
 #: Attempts before this number log their failure at DEBUG, later ones at WARNING.
 _QUIET_ATTEMPTS = 3
@@ -158,11 +154,12 @@ def _read_blocks(
     block_size: int,
     new_block: Callable[[], bytearray],
     arrived: Callable[[int, bytearray], None] | None,
-    answered: Callable[[float], None],
+    answered: Callable[[float], None] | None,
 ) -> list[bytearray]:
     began = time.perf_counter()
     stream = driver.get(container, artifact, offset, length)
-    answered(time.perf_counter() - began)
+    if answered is not None:
+        answered(time.perf_counter() - began)
     blocks: list[bytearray] = []
     try:
         remaining = length
@@ -256,11 +253,8 @@ def _list_page(
     delimiter: str | None,
     start_after: str | None,
     limit: int,
-    answered: Callable[[float], None],
 ) -> list[ArtifactInfo | Prefix]:
-    began = time.perf_counter()
     entries = driver.list(container, prefix, delimiter, start_after)
-    answered(time.perf_counter() - began)  # S3 asks for the first page here; a directory is opened
     try:
         return list(itertools.islice(entries, limit))
     finally:
@@ -311,8 +305,6 @@ class Backend:
         self._backoff_max = backoff_max
         self._health = HealthState(ok=False)
         self._closed = False
-        # How long recent gets and listings took to start answering, timed in the worker thread.
-        self._answers: collections.deque[float] = collections.deque(maxlen=LATENCY_SAMPLES)
         metrics.BACKEND_HEALTHY.labels(name).set(0)
         metrics.register_driver(name, driver)
 
@@ -326,20 +318,6 @@ class Backend:
     def healthy(self) -> HealthState:
         """The last health check's result and time; truthy if it succeeded."""
         return self._health
-
-    @property
-    def latency(self) -> float | None:
-        """Seconds the quickest of the latest gets and listings took to start answering; None before
-        a few have been made.
-
-        Timed in the worker thread, from the request until the answer starts
-        (for S3, its response headers; the transfer and the wait for a thread
-        left out), and the quickest, not the typical: requests side by side
-        wait for each other and for the CPU, the quickest shows what the
-        backend itself costs.  The look-aheads fetch ahead only where this is
-        large (:data:`vaultfs.walks.SLOW_BACKEND`).
-        """
-        return min(self._answers) if len(self._answers) >= LATENCY_NEEDED else None
 
     # -- artifacts -------------------------------------------------------
     async def stat(self, container: str, artifact: str) -> ArtifactInfo:
@@ -373,7 +351,6 @@ class Backend:
             delimiter,
             start_after,
             limit,
-            self._answers.append,
         )
 
     async def read(self, container: str, artifact: str, offset: int, length: int) -> bytes:
@@ -400,6 +377,7 @@ class Backend:
         block_size: int,
         new_block: Callable[[], bytearray] | None = None,
         arrived: Callable[[int, bytearray], None] | None = None,
+        answered: Callable[[float], None] | None = None,
     ) -> list[bytearray]:
         """The bytes ``[offset, offset+length)`` as consecutive blocks of ``block_size``.
 
@@ -414,7 +392,10 @@ class Backend:
         in the worker thread as each block is complete (the driver no longer
         writes into it), so the caller can use it before the whole range is in;
         a retried call may report a block again, an abandoned attempt even
-        after the call has ended.
+        after the call has ended.  ``answered(seconds)`` is called in the worker
+        thread with how long the driver took to start answering (for S3, until
+        the response's headers): the backend's latency, without the transfer or
+        the wait for a worker thread.
         """
         if offset < 0 or length < 0 or block_size < 1:
             raise ValueError("offset and length must not be negative, block_size must be positive")
@@ -430,7 +411,7 @@ class Backend:
             block_size,
             new_block or (lambda: bytearray(block_size)),
             arrived,
-            self._answers.append,
+            answered,
         )
         self._count_bytes("read", sum(len(b) for b in blocks))
         return blocks

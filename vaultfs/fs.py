@@ -288,8 +288,6 @@ class Operations(pyfuse3.Operations):
     @operation
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         node = self._dir(inode)
-        self.ns.opening_dir(node)
-        await self.ns.listed(node)  # listed ahead by the walk that led here: no second listing
         fh = self._next_dir
         self._next_dir += 1
         handle = DirHandle(node)

@@ -35,7 +35,6 @@ from . import attrs
 from .attrindex import INDEX_NAME, AttrIndex
 from .backend import Backend
 from .tasks import run_all
-from .walks import SLOW_BACKEND, Walks
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +45,6 @@ MAX_CACHED_LISTING = 10_000
 STAT_AHEAD_MAX = 16
 #: Requests fetching metadata ahead at a time, for the whole mount.
 STAT_AHEAD_WORKERS = 8
-#: The most sub-directories listed ahead of a walk through them (:meth:`Namespace.opening_dir`).
-LIST_AHEAD_MAX = 8
 #: Sorts after every key below a prefix, to resume a listing past a whole "directory".
 PAST_PREFIX = "\U0010ffff"
 PAGE = 1000
@@ -153,7 +150,6 @@ class Namespace:
         # Metadata being fetched ahead, by (container, directory key, name); see _complete_ahead.
         self._fetching_ahead: dict[tuple[str, str, str], trio.Event] = {}
         self._ahead_limiter = trio.CapacityLimiter(STAT_AHEAD_WORKERS)
-        self._dir_walks = Walks(LIST_AHEAD_MAX)
         self._nursery: trio.Nursery | None = None
         self._nodes: dict[int, Node] = {}
         self._by_path: dict[tuple[str, str], int] = {}
@@ -385,10 +381,6 @@ class Namespace:
             await loading.wait()
             return parent.children if parent.children_expires >= time.monotonic() else None
         self._loading[parent.ino] = done = trio.Event()
-        return await self._list_whole(parent, done)
-
-    async def _list_whole(self, parent: Node, done: trio.Event) -> dict[str, Entry] | None:
-        """:meth:`_load_listing`'s listing, for which ``done`` is already the waiting event."""
         try:
             entries: dict[str, Entry] = {}
             after: str | None = None
@@ -403,60 +395,8 @@ class Namespace:
             self.cache_listing(parent, entries)
             return entries
         finally:
-            self._loaded(parent, done)
-
-    def _loaded(self, node: Node, done: trio.Event) -> None:
-        if self._loading.get(node.ino) is done:
-            del self._loading[node.ino]
-        done.set()
-
-    def opening_dir(self, node: Node) -> None:
-        """Directory ``node`` is about to be listed (``opendir``): if that continues a walk through
-        its parent's sub-directories in listing order (``find``, ``du``, ``ls -R``, ``cp -r``,
-        rsync), start listing the next ones in the background, so their ``opendir`` finds their
-        listing ready or on its way; see :mod:`vaultfs.walks`.  Only while the backend is slow to
-        answer (:data:`~vaultfs.walks.SLOW_BACKEND`): a nearby one lists faster than this costs.
-        """
-        latency = self.backend.latency
-        if self._nursery is None or node.is_root or node.is_container or latency is None:
-            return
-        if latency < SLOW_BACKEND:
-            return
-        name = node.key.rstrip("/").rsplit("/", 1)[-1]
-        parent = self.find(node.container, node.key[: len(node.key) - len(name) - 1])
-        now = time.monotonic()
-        if parent is None or parent.children is None or parent.children_expires < now:
-            return
-        nursery = self._nursery
-
-        def fetch(later: str) -> bool:
-            child = self.find(parent.container, parent.child_key(later, Kind.DIR))
-            if child is None or child.kind is not Kind.DIR or child.ino in self._loading:
-                return True  # not known to the kernel yet (no readdir showed it), or on its way
-            if child.children is not None and child.children_expires > now:
-                return True
-            self._loading[child.ino] = done = trio.Event()
-            nursery.start_soon(self._list_ahead, child, done)
-            return True
-
-        self._dir_walks.visit(
-            (parent.container, parent.key), parent.children, name, lambda e: e.kind is Kind.DIR, fetch
-        )
-
-    async def _list_ahead(self, node: Node, done: trio.Event) -> None:
-        try:
-            async with self._ahead_limiter:
-                await self._list_whole(node, done)
-        except Exception as exc:
-            log.debug("%s/%s not listed ahead: %s", node.container, node.key, exc)
-        finally:
-            self._loaded(node, done)  # also when cancelled before it started
-
-    async def listed(self, node: Node) -> None:
-        """Wait for a listing of directory ``node`` that is under way (see :meth:`opening_dir`)."""
-        loading = self._loading.get(node.ino)
-        if loading is not None:
-            await loading.wait()
+            del self._loading[parent.ino]
+            done.set()
 
     def _holds_unflushed(self, container: str, prefix: str) -> bool:
         """Whether directory ``prefix`` (ending in ``/``, or ``""``) holds an unflushed file."""
