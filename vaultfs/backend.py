@@ -44,6 +44,7 @@ backend run concurrently up to ``workers``.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import io
@@ -71,6 +72,9 @@ T = TypeVar("T")
 
 #: Largest single read from a driver stream; bounds memory per worker thread.
 CHUNK_SIZE = 1 << 20
+#: :attr:`Backend.get_latency` is the quickest of this many recent gets, once it has this many.
+GET_TIMINGS = 15
+GET_TIMINGS_NEEDED = 3
 
 #: Attempts before this number log their failure at DEBUG, later ones at WARNING.
 _QUIET_ATTEMPTS = 3
@@ -117,8 +121,21 @@ class _WriteFence:
         self.start: int | None = None
 
 
-def _read_range(driver: Driver, container: str, artifact: str, offset: int, length: int) -> bytes:
+def _open_timed(
+    driver: Driver, container: str, artifact: str, offset: int, length: int, answered: Callable[[float], None]
+) -> IO[bytes]:
+    """The driver's stream of the range, telling ``answered`` how long the driver took to give it
+    (for S3, until the response's headers)."""
+    began = time.perf_counter()
     stream = driver.get(container, artifact, offset, length)
+    answered(time.perf_counter() - began)
+    return stream
+
+
+def _read_range(
+    driver: Driver, container: str, artifact: str, offset: int, length: int, answered: Callable[[float], None]
+) -> bytes:
+    stream = _open_timed(driver, container, artifact, offset, length, answered)
     try:
         # A stream may return short reads (sockets do), so only EOF ends the loop early.
         chunks: list[bytes] = []
@@ -154,12 +171,9 @@ def _read_blocks(
     block_size: int,
     new_block: Callable[[], bytearray],
     arrived: Callable[[int, bytearray], None] | None,
-    answered: Callable[[float], None] | None,
+    answered: Callable[[float], None],
 ) -> list[bytearray]:
-    began = time.perf_counter()
-    stream = driver.get(container, artifact, offset, length)
-    if answered is not None:
-        answered(time.perf_counter() - began)
+    stream = _open_timed(driver, container, artifact, offset, length, answered)
     blocks: list[bytearray] = []
     try:
         remaining = length
@@ -305,6 +319,8 @@ class Backend:
         self._backoff_max = backoff_max
         self._health = HealthState(ok=False)
         self._closed = False
+        # How long recent gets took to start answering, appended from worker threads (atomic).
+        self._get_times: collections.deque[float] = collections.deque(maxlen=GET_TIMINGS)
         metrics.BACKEND_HEALTHY.labels(name).set(0)
         metrics.register_driver(name, driver)
 
@@ -318,6 +334,17 @@ class Backend:
     def healthy(self) -> HealthState:
         """The last health check's result and time; truthy if it succeeded."""
         return self._health
+
+    @property
+    def get_latency(self) -> float | None:
+        """Seconds the quickest of the latest gets took to start answering; None before a few.
+
+        Timed in the worker thread, from the request until the driver's stream
+        is there (the transfer and the wait for a thread left out), and the
+        quickest, not the typical: gets side by side wait for each other and for
+        the CPU, the quickest shows what the backend itself costs.
+        """
+        return min(self._get_times) if len(self._get_times) >= GET_TIMINGS_NEEDED else None
 
     # -- artifacts -------------------------------------------------------
     async def stat(self, container: str, artifact: str) -> ArtifactInfo:
@@ -363,7 +390,15 @@ class Backend:
         if offset < 0 or length < 0:
             raise ValueError("offset and length must not be negative")
         data = await self._run(
-            "get", f"{container}/{artifact}", _read_range, self._driver, container, artifact, offset, length
+            "get",
+            f"{container}/{artifact}",
+            _read_range,
+            self._driver,
+            container,
+            artifact,
+            offset,
+            length,
+            self._get_times.append,
         )
         self._count_bytes("read", len(data))
         return data
@@ -377,7 +412,6 @@ class Backend:
         block_size: int,
         new_block: Callable[[], bytearray] | None = None,
         arrived: Callable[[int, bytearray], None] | None = None,
-        answered: Callable[[float], None] | None = None,
     ) -> list[bytearray]:
         """The bytes ``[offset, offset+length)`` as consecutive blocks of ``block_size``.
 
@@ -392,10 +426,7 @@ class Backend:
         in the worker thread as each block is complete (the driver no longer
         writes into it), so the caller can use it before the whole range is in;
         a retried call may report a block again, an abandoned attempt even
-        after the call has ended.  ``answered(seconds)`` is called in the worker
-        thread with how long the driver took to start answering (for S3, until
-        the response's headers): the backend's latency, without the transfer or
-        the wait for a worker thread.
+        after the call has ended.
         """
         if offset < 0 or length < 0 or block_size < 1:
             raise ValueError("offset and length must not be negative, block_size must be positive")
@@ -411,7 +442,7 @@ class Backend:
             block_size,
             new_block or (lambda: bytearray(block_size)),
             arrived,
-            answered,
+            self._get_times.append,
         )
         self._count_bytes("read", sum(len(b) for b in blocks))
         return blocks

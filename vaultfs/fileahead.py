@@ -8,11 +8,11 @@ read from its start right after the one before it in the listing (a step) lets
 the first block of the next files be fetched in the background, 1, 2, 4 ... up
 to a limit ahead, like read-ahead within a file; a read anywhere else (a jump)
 starts over and fetches nothing ahead, so a lone ``cat`` costs no extra
-request. Empty files are left out (the kernel reads nothing of them), and only a
-backend whose gets take a while gains (see :data:`SLOW_GET`).
-Only regular files the cached listing shows with a stored version are
-fetched, under the version the listing shows, so a file changed since is
-fetched again by its own read, never served stale.
+request. Empty files are left out (the kernel reads nothing of them), and only
+a backend whose gets take a while gains (see :data:`SLOW_GET`). Only regular
+files the cached listing shows with a stored version are fetched, under the
+version the listing shows, so a file changed since is fetched again by its own
+read, never served stale.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from .reader import Reader
 
 #: Directories whose reading order is followed at once (most recently read first).
 WALKS = 16
-#: Files are fetched ahead only while even the quickest recent get took this long to start answering.
+#: Files are fetched ahead only while even the quickest recent get took this long to start answering
+#: (:attr:`vaultfs.backend.Backend.get_latency`).
 #: Each file fetched ahead costs the daemon CPU (about 0.3 ms on a 2-core machine); against a server
 #: on the same machine, whose gets took about 2 ms, fetching ahead made reading small files no
 #: faster on S3 and 23% slower on the local driver (the CPUs were the limit), while against a
@@ -68,7 +69,7 @@ class FilesAhead:
         """File ``node`` is being read from its start: note it, and fetch ahead if that is a step."""
         if self.limit == 0 or not node.container or node.key.endswith("/"):
             return
-        quickest = self.reader.quickest_get
+        quickest = self.reader.backend.get_latency
         if quickest is None or quickest < SLOW_GET:
             return  # the backend answers about as fast as fetching ahead costs: not worth following
         name = node.key[node.key.rfind("/") + 1 :]

@@ -31,7 +31,6 @@ other reads of the same file may run meanwhile and share the fetch.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import sys
@@ -52,9 +51,6 @@ log = logging.getLogger(__name__)
 #: also for the disk (a direct write waits for the device).  Read-ahead needs no
 #: such thing, its blocks are served as they arrive, before their write.
 WRITES_BEHIND = 4
-#: How many of the latest gets :attr:`Reader.quickest_get` looks at, and how many it needs.
-GET_TIMINGS = 15
-GET_TIMINGS_NEEDED = 3
 #: Read-ahead fetches consecutive blocks with one ranged get of up to this many
 #: bytes: object stores pay a round trip per request, so larger gets go faster.
 FETCH_SIZE = 8 << 20
@@ -158,22 +154,10 @@ class Reader:
         self._inflight: dict[BlockKey, trio.Event] = {}
         self._nursery: trio.Nursery | None = None
         self._writes = trio.Semaphore(WRITES_BEHIND)
-        self._get_times: collections.deque[float] = collections.deque(maxlen=GET_TIMINGS)
 
     def start(self, nursery: trio.Nursery) -> None:
         """Run read-ahead in ``nursery``; without it, reads still work but nothing is fetched ahead."""
         self._nursery = nursery
-
-    @property
-    def quickest_get(self) -> float | None:
-        """Seconds the quickest of the latest gets took to start answering; None before a few.
-
-        Timed in the worker thread, from the request until the answer starts
-        (the transfer and the wait for a thread left out), and the quickest, not
-        the typical: gets side by side wait for each other and for the CPU, the
-        quickest shows what the backend itself costs.
-        """
-        return min(self._get_times) if len(self._get_times) >= GET_TIMINGS_NEEDED else None
 
     @property
     def spare_blocks(self) -> int:
@@ -370,14 +354,7 @@ class Reader:
                 token.run_sync_soon(landed, i, block)
 
         data = await self.backend.read_blocks(
-            first.container,
-            first.artifact,
-            offset,
-            length,
-            bs,
-            self._pool.take,
-            arrived,
-            self._get_times.append,  # in the worker thread: deque.append is atomic
+            first.container, first.artifact, offset, length, bs, self._pool.take, arrived
         )
         metrics.CACHE_MISSES.labels(self.backend.name).inc(len(run))
         if self.cache is not None:
