@@ -87,15 +87,15 @@ class FilesAhead:
         elif walk.next is None or not walk.next - walk.window <= at < walk.next:
             walk.window, walk.ahead_until, walk.next = 0, at + 1, at + 1  # a jump: start over
         # Otherwise a file fetched ahead was read out of turn (readers side by side): carry on.
-        start, end = max(walk.ahead_until, at + 1), min(len(walk.names), at + 1 + walk.window)
-        for later in walk.names[start:end]:
-            entry = listing.get(later)
+        end = min(len(walk.names), at + 1 + walk.window)
+        for i in range(max(walk.ahead_until, at + 1), end):
+            entry = listing.get(walk.names[i])
             if entry is None or entry.kind is not Kind.FILE or not entry.etag:  # gone, or not stored yet
                 continue
             if not self.reader.fetch_first_block(
-                parent.container, parent.key + later, entry.etag, entry.size
+                parent.container, parent.key + walk.names[i], entry.etag, entry.size
             ):
-                end = walk.names.index(later, start)  # memory is full of blocks fetched ahead: later
+                end = i  # memory is full of blocks fetched ahead: the next step tries again from here
                 break
         walk.ahead_until = max(walk.ahead_until, end)
 

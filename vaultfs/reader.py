@@ -172,13 +172,14 @@ class Reader:
         :attr:`spare_blocks` such blocks wait unread in memory at a time, for all
         directories together: False, and nothing fetched, when that many do.
         """
-        key = BlockKey(self.backend.name, container, artifact, version, 0, self.block_size)
+        state = ReadState(container, artifact, version, size)
+        key = self._key(state, 0)
         if self._nursery is None or size <= 0 or key in self._ahead:
             return True  # nothing to fetch, or on its way already
         if len(self._ahead) >= self.spare_blocks:
             return False
         self._ahead.add(key)  # until read, evicted, or its get failed
-        self._nursery.start_soon(self._prefetch, ReadState(container, artifact, version, size), 0, 1)
+        self._nursery.start_soon(self._prefetch, state, 0, 1)
         return True
 
     def _key(self, state: ReadState, index: int) -> BlockKey:
