@@ -6,35 +6,19 @@ import errno
 import io
 import os
 import threading
-import time
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
 import trio
 import trio.testing
+from fakes import CountingDriver
 
-from drivers.memory import MemoryDriver
 from vaultfs.backend import Backend
 from vaultfs.cache import ALIGN, BlockCache, BlockKey
 from vaultfs.reader import Reader, ReadState
 
 BS = 64 * 1024
-
-
-class CountingDriver(MemoryDriver):
-    """A memory driver that counts ranged gets and can make them slow."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gets: list[tuple[str, int, int | None]] = []
-        self.delay = 0.0
-
-    def get(self, container: str, artifact: str, offset: int = 0, length: int | None = None) -> IO[bytes]:
-        self.gets.append((artifact, offset, length))
-        if self.delay:
-            time.sleep(self.delay)
-        return super().get(container, artifact, offset, length)
 
 
 def key(index: int, version: str = "v1", artifact: str = "a") -> BlockKey:

@@ -9,7 +9,6 @@ import io
 import os
 import stat
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,6 +18,7 @@ import prometheus_client
 import pyfuse3
 import pytest
 import trio
+from fakes import CountingDriver
 
 from drivers import errors
 from drivers.base import ArtifactInfo, Prefix
@@ -648,21 +648,6 @@ def test_a_lookup_off_the_order_fetches_nothing_ahead(tmp_path: Path) -> None:
     assert sorted(driver.asked) == ["d/f00", "d/f01", "d/f02", "d/f07", "d/f15"]
 
 
-class NotesGets(MemoryDriver):
-    """A memory driver that notes which artifacts its gets asked for, each get taking ``delay``
-    seconds (a server a network away)."""
-
-    def __init__(self, delay: float = 0.0) -> None:
-        super().__init__()
-        self.delay = delay
-        self.got: list[str] = []
-
-    def get(self, container: str, artifact: str, offset: int = 0, length: int | None = None) -> Any:
-        self.got.append(artifact)
-        time.sleep(self.delay)
-        return super().get(container, artifact, offset, length)
-
-
 @pytest.mark.parametrize(
     ("files_ahead", "delay"), [(16, 0.01), (0, 0.01), (16, 0.0)], ids=["slow gets", "off", "quick gets"]
 )
@@ -673,7 +658,7 @@ def test_files_read_one_after_another_are_fetched_ahead(
     # files' gets are on their way; without, every read waits for its own, one after another.
     # A backend that answers faster than fetching ahead costs (a server on this machine) is
     # not fetched ahead.
-    driver = NotesGets(delay)
+    driver = CountingDriver(delay)
     driver.create_container("b")
     names = [f"d/f{i:02d}" for i in range(40)]
     for i, name in enumerate(names):
@@ -707,7 +692,7 @@ def test_files_read_one_after_another_are_fetched_ahead(
 def test_reads_off_the_listing_order_fetch_no_other_file(
     tmp_path: Path, order: list[str], ahead: list[str]
 ) -> None:
-    driver = NotesGets(delay=0.01)
+    driver = CountingDriver(delay=0.01)
     driver.create_container("b")
     for i in range(40):
         driver.put("b", f"d/f{i:02d}", io.BytesIO(b"x"))
@@ -725,7 +710,7 @@ def test_reads_off_the_listing_order_fetch_no_other_file(
 def test_empty_files_and_directories_between_do_not_stop_fetching_ahead(tmp_path: Path) -> None:
     # The kernel reads nothing of an empty file (nor of one whose pages it still holds), so the
     # walk through a directory must go on past them, and past sub-directories.
-    driver = NotesGets(delay=0.01)
+    driver = CountingDriver(delay=0.01)
     driver.create_container("b")
     files = [f"d/f{i:02d}" for i in range(30)]
     for i, name in enumerate(files):
